@@ -1,0 +1,74 @@
+"""Shared fixtures.
+
+Real tokenizers come from one place: the folder named by ``FORMATKIT_TOKENIZERS`` (CI and ``make`` set it to
+``../shared/tokenizers``), else ``../shared/tokenizers`` beside the checkout. Tests that need one skip, with
+the reason, where the folder is absent, so the suite passes on a machine that has only the project.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_NAMES = ("phi-3-mini", "llama-2", "gpt2", "qwen2", "llama-3")
+
+settings.register_profile(
+    "dev", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.register_profile(
+    "ci", deadline=None, max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def tokenizers_dir() -> Path | None:
+    """The folder of real tokenizers, or None where it is absent."""
+    env = os.environ.get("FORMATKIT_TOKENIZERS")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "tokenizers")
+    for path in candidates:
+        if (path / "phi-3-mini" / "tokenizer.json").is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizers_dir() / name))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path():
+    """``tokenizer_path(name)`` -> the folder of a real tokenizer; skips where the tokenizers are absent."""
+    root = tokenizers_dir()
+    if root is None:
+        pytest.skip(
+            "real tokenizers not found: set FORMATKIT_TOKENIZERS to the shared/tokenizers folder "
+            "(make and .ci/run do this)"
+        )
+
+    def get(name: str) -> Path:
+        if name not in TOKENIZER_NAMES:
+            raise ValueError(f"unknown test tokenizer {name!r}; known: {TOKENIZER_NAMES}")
+        return root / name
+
+    return get
+
+
+@pytest.fixture
+def load_tokenizer(tokenizer_path):
+    """``load_tokenizer(name)`` -> a fresh copy of a real tokenizer (safe to modify in the test)."""
+    import copy
+
+    def get(name: str):
+        tokenizer_path(name)  # validates the name
+        return copy.deepcopy(_load(name))
+
+    return get

@@ -1,0 +1,54 @@
+"""trl-formatkit: the data side of LLM fine-tuning with trl, restored, correct and fast.
+
+Public names load lazily (PEP 562), so ``import trl_formatkit`` stays light: the collator does not pull in
+trl or datasets, and the GPU benchmark machine (torch + transformers only) can import what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it. Add a line here when a module gains a public name.
+_LAZY: dict[str, str] = {
+    # errors
+    "FormatKitError": "errors",
+    "FormatKitValueError": "errors",
+    "FormatKitTypeError": "errors",
+    "FormatKitKeyError": "errors",
+    "TemplateNotFoundError": "errors",
+    "FormatKitWarning": "errors",
+    # masking / collators
+    "IGNORE_INDEX": "masking",
+    "DataCollatorForCompletionOnlyLM": "collators",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trl_formatkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # cache: the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .collators import DataCollatorForCompletionOnlyLM
+    from .errors import (
+        FormatKitError,
+        FormatKitKeyError,
+        FormatKitTypeError,
+        FormatKitValueError,
+        FormatKitWarning,
+        TemplateNotFoundError,
+    )
+    from .masking import IGNORE_INDEX
