@@ -1,0 +1,89 @@
+"""Import hygiene: the light modules load without trl or datasets, and every public name resolves.
+
+Each check runs in a fresh interpreter (``sys.modules`` of this pytest process already holds trl and datasets,
+imported by other tests), so what a module pulls in at import time is seen exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Modules a collator user imports; they must not pull in a trainer stack (trl) or datasets.
+LIGHT_MODULES = ("trl_formatkit", "trl_formatkit.collators", "trl_formatkit.masking")
+HEAVY = ("trl", "datasets")
+
+
+def _run(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter from the repo root; it prints one JSON object on its last line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"subprocess failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_light_module_does_not_import_trl_or_datasets(module):
+    out = _run(
+        "import importlib, json, sys\n"
+        f"importlib.import_module({module!r})\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    )
+    assert out == [], f"`import {module}` loaded {out}; import these inside the functions that need them"
+
+
+def test_building_and_calling_the_collator_stays_light():
+    """Not just the import: constructing and calling the collator must not reach for trl/datasets either."""
+    code = (
+        "import json, sys\n"
+        "from tokenizers import Tokenizer, models, pre_tokenizers\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "from trl_formatkit import DataCollatorForCompletionOnlyLM\n"
+        "vocab = {'<pad>': 0, '<eos>': 1, '<user>': 2, '<bot>': 3, 'hi': 4}\n"
+        "backend = Tokenizer(models.WordLevel(vocab, unk_token='<pad>'))\n"
+        "backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()\n"
+        "tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token='<pad>', eos_token='<eos>')\n"
+        "for free in (False, True):\n"
+        "    c = DataCollatorForCompletionOnlyLM('<bot>', '<user>', tokenizer=tok, padding_free=free)\n"
+        "    c([[2, 4, 3, 4, 1], [2, 4, 3, 1]])\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+    )
+    out = _run(code)
+    assert out == [], f"building/calling the collator loaded {out}"
+
+
+def test_every_public_name_resolves():
+    """``trl_formatkit.__all__`` is read at run time, so names other modules add are covered as they land."""
+    out = _run(
+        "import json, trl_formatkit\n"
+        "bad = {}\n"
+        "for name in trl_formatkit.__all__:\n"
+        "    try:\n"
+        "        getattr(trl_formatkit, name)\n"
+        "    except Exception as e:\n"
+        "        bad[name] = f'{type(e).__name__}: {e}'\n"
+        "print(json.dumps({'n': len(trl_formatkit.__all__), 'bad': bad, 'dir': sorted(set(trl_formatkit.__all__) - set(dir(trl_formatkit)))}))\n"
+    )
+    assert out["n"] > 0
+    assert out["bad"] == {}, f"public names that do not resolve: {out['bad']}"
+    assert out["dir"] == [], f"public names missing from dir(trl_formatkit): {out['dir']}"
+
+
+def test_all_has_no_duplicates_and_unknown_names_raise_attribute_error():
+    import trl_formatkit
+
+    assert len(trl_formatkit.__all__) == len(set(trl_formatkit.__all__))
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        trl_formatkit.NoSuchName  # noqa: B018
