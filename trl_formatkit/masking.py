@@ -41,7 +41,9 @@ TemplateSpec = str | Sequence[int] | Sequence[str | Sequence[int]]
 
 # Text placed before and after a template to see how it tokenizes in context. Before: start of text, after a
 # newline, a blank line, a space, a word, punctuation (and the tokenizer's own special tokens, added at run time).
-_PREFIX_CONTEXTS = ("", "\n", "\n\n", " ", "x", "x\n", "x\n\n", "x ", ".", ".\n", ":", ": ")
+_PREFIX_CONTEXTS = (
+    "", "\n", "\n\n", " ", ".", ":", "x", "x\n", "x\n\n", "x ", "x.", "x.\n", "x:", "x: ", "x!", "x?", "x,", "x)",
+)  # fmt: skip
 # After: end of text, a space and a word, a newline; a word right after only where the template ends in
 # whitespace (elsewhere it would glue the template's last characters to a word no real text has).
 _SUFFIX_CONTEXTS = ("", " x", "\n", "\nx", " ")
@@ -108,7 +110,8 @@ def template_variants(tokenizer: Any, template: str, *, match_in_context: bool =
     trl 0.19 searched for. The default adds the ids the template's characters get *inside* text: after a newline,
     a space, a word or a special token, and before the text that follows. A token that straddles the start of the
     template (a merged ``\\n\\n``, SentencePiece's ``▁``) is kept in that variant; a token that straddles its end
-    (trailing whitespace merged into the answer's first word) is left out, so the answer is never masked.
+    (trailing whitespace merged into the answer's first word) is left out, so the answer is never masked; so is
+    a token where the template's leading whitespace merged with the text before it (Qwen2's ``".\\n"``).
 
     Args:
         tokenizer: a Hugging Face tokenizer (fast tokenizers give exact offsets; slow ones fall back to prefix
@@ -175,8 +178,11 @@ def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> tu
     for tok, (a, b) in zip(ids, offsets, strict=True):
         # overlaps the template and does not run past its end; zero-width tokens at the start belong to the prefix
         if b > start and a < end and b <= end and not (a == b == start):
-            if a < start and prefix[a:start].strip():
-                return None  # merged with a word of the context: would only match that word
+            if a < start:  # the token merged the template's first characters with the context
+                if template[: b - start].isspace():
+                    continue  # only leading whitespace merged (".\n", "\n\n"): the rest is the template there
+                if any(c.isalnum() for c in prefix[a:start]):
+                    return None  # glued to a word ("xAnswer"): would only match that word
             picked.append(tok)
     unk = getattr(tokenizer, "unk_token_id", None)
     if not picked or (unk is not None and unk in picked):
