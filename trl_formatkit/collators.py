@@ -519,4 +519,12 @@ def _numeric_extras(extras: dict[str, list[Any]], n_rows: int) -> dict[str, np.n
 def _to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    out: dict[str, Any] = {}
+    done: dict[int, Any] = {}  # an array under two keys (cu_seq_lens_q/k) becomes one tensor, as in trl
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            if id(value) not in done:
+                done[id(value)] = torch.from_numpy(np.ascontiguousarray(value))
+            value = done[id(value)]
+        out[key] = value
+    return out
