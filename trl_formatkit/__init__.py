@@ -23,6 +23,21 @@ _LAZY: dict[str, str] = {
     # masking / collators
     "IGNORE_INDEX": "masking",
     "DataCollatorForCompletionOnlyLM": "collators",
+    # formats / plugins (`formats` is the default registry: the trl_formatkit.formats module itself)
+    "Format": "formats",
+    "FormatRegistry": "formats",
+    "formats": "formats",
+    "register_format": "formats",
+    "detect_format": "formats",
+    "to_messages": "formats",
+    "batched_formatting_func": "formats",
+    "check_formatting_func": "formats",
+    "check_formatted_text": "formats",
+    "FORMAT_MAPPING": "formats",
+    "conversations_formatting_function": "formats",
+    "instructions_formatting_function": "formats",
+    "get_formatting_func_from_dataset": "formats",
+    "hookimpl": "hookspecs",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -51,4 +66,20 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         FormatKitWarning,
         TemplateNotFoundError,
     )
+    from .formats import (
+        FORMAT_MAPPING,
+        Format,
+        FormatRegistry,
+        batched_formatting_func,
+        check_formatted_text,
+        check_formatting_func,
+        conversations_formatting_function,
+        detect_format,
+        formats,
+        get_formatting_func_from_dataset,
+        instructions_formatting_function,
+        register_format,
+        to_messages,
+    )
+    from .hookspecs import hookimpl
     from .masking import IGNORE_INDEX
