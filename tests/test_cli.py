@@ -1,0 +1,89 @@
+"""The real CLI in a subprocess, and the trained-token view it renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trl_formatkit import DataCollatorForCompletionOnlyLM
+from trl_formatkit.cli import BUNDLED_TOKENIZER, load_tokenizer
+from trl_formatkit.inspect import trained_tokens
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", "trl_formatkit.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_demo_runs_offline_on_the_bundled_tokenizer():
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "phi-3-mini (bundled)" in out
+    assert "row 0: 22 of 38 tokens trained" in out and "row 1: 15 of 28 tokens trained" in out  # the yoda rows
+    assert "row 0: 8 of 27 tokens trained" in out and "row 0: 13 of 27 tokens trained" in out  # multi-turn
+    assert "row 0: 0 of 42 tokens trained" in out and "row 0: 21 of 42 tokens trained" in out  # the pitfall, fixed
+    assert "[2277, 29937, 673, 29901]" in out  # the warning names the in-context ids
+    assert "input_ids (1, 66)" in out and "13% padding" in out
+
+
+def test_inspect_text_and_exact_matching(tokenizer_path):
+    llama = str(tokenizer_path("llama-2"))
+    text = "### User: Hello\n\n### Assistant: Hi, how can I help you?"
+    ok = run_cli("inspect", "--tokenizer", llama, "--response-template", "### Assistant:", "--text", text)
+    assert ok.returncode == 0, ok.stderr
+    assert "8 of 20 tokens trained" in ok.stdout
+    bad = run_cli("inspect", "--tokenizer", llama, "--response-template", "### Assistant:", "--text", text, "--exact")
+    assert bad.returncode == 1  # a warning was shown: something trains nothing
+    assert "0 of 20 tokens trained" in bad.stdout and "tokenizes differently" in bad.stdout
+
+
+def test_inspect_jsonl_messages(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    rows.write_text(json.dumps({"messages": chat}) + "\n\n" + json.dumps({"messages": chat}) + "\n")
+    result = run_cli("inspect", "--response-template", "<|assistant|>", "--file", str(rows), "--field", "messages",
+                     "--padding-free")
+    assert result.returncode == 0, result.stderr
+    assert "row 0: 10 of 18 tokens trained" in result.stdout  # two chats, one flattened row
+
+
+def test_inspect_errors_are_readable(tmp_path):
+    result = run_cli("inspect", "--response-template", "<|assistant|>")
+    assert result.returncode != 0 and "--text" in result.stderr
+    result = run_cli("inspect", "--tokenizer", str(tmp_path / "nope"), "--response-template", "x", "--text", "x")
+    assert result.returncode != 0 and "no tokenizer folder" in result.stderr
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "x"}) + "\n")
+    result = run_cli("inspect", "--response-template", "x", "--file", str(rows))
+    assert result.returncode != 0 and "line 1" in result.stderr and "'text'" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def phi():
+    tok = load_tokenizer(BUNDLED_TOKENIZER)
+    tok.pad_token = tok.unk_token
+    return tok
+
+
+def test_trained_tokens_view_padded_and_flat(phi):
+    rows = [phi("<|user|>\nHi<|end|>\n<|assistant|>\nHello!\nBye.<|end|>\n<|endoftext|>"), phi("<|user|>\nA<|end|>")]
+    collator = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi, on_missing="ignore")
+    padded = collator(rows)
+    view = trained_tokens(padded, phi, 0)
+    assert view.trained_text() == " Hello!\nBye.<|end|><|endoftext|>"
+    assert view.n_trained == sum(view.trained) == int((padded["labels"][0] != -100).sum())
+    left = trained_tokens(padded, phi, 1)
+    assert left.padding[0] and not left.padding[-1] and left.n_trained == 0  # left padding shown as padding
+    html = view._repr_html_()
+    assert "background:#7d7" in html and "&lt;|assistant|&gt;" in html and "tokens trained" in html
+    assert str(view).startswith("<|user|> Hi<|end|><|assistant|>[ Hello][!]")
+    flat = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi, padding_free=True, on_missing="ignore")
+    fview = trained_tokens(flat(rows), phi)
+    assert sum(fview.boundary) == 1 and fview.trained_text() == view.trained_text()
