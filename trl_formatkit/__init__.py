@@ -23,6 +23,9 @@ _LAZY: dict[str, str] = {
     # masking / collators
     "IGNORE_INDEX": "masking",
     "DataCollatorForCompletionOnlyLM": "collators",
+    # what a person looks at
+    "trained_tokens": "inspect",
+    "show_trained": "inspect",
     # formats / plugins (`formats` is the default registry: the trl_formatkit.formats module itself)
     "Format": "formats",
     "FormatRegistry": "formats",
@@ -82,4 +85,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_messages,
     )
     from .hookspecs import hookimpl
+    from .inspect import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
