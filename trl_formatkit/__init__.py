@@ -41,6 +41,18 @@ _LAZY: dict[str, str] = {
     "instructions_formatting_function": "formats",
     "get_formatting_func_from_dataset": "formats",
     "hookimpl": "hookspecs",
+    # special-token hygiene
+    "AuditFinding": "special_tokens",
+    "AuditReport": "special_tokens",
+    "audit_tokenizer": "special_tokens",
+    "fix_special_tokens": "special_tokens",
+    "SafeSpecialTokensMixin": "special_tokens",
+    "safe_tokenizer": "special_tokens",
+    "add_chat_template": "special_tokens",
+    "CHAT_TEMPLATES": "special_tokens",
+    "resize_embeddings": "special_tokens",
+    "new_token_lora_kwargs": "special_tokens",
+    "setup_chat_format": "special_tokens",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -87,3 +99,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hookspecs import hookimpl
     from .inspect import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
+    from .special_tokens import (
+        CHAT_TEMPLATES,
+        AuditFinding,
+        AuditReport,
+        SafeSpecialTokensMixin,
+        add_chat_template,
+        audit_tokenizer,
+        fix_special_tokens,
+        new_token_lora_kwargs,
+        resize_embeddings,
+        safe_tokenizer,
+        setup_chat_format,
+    )
