@@ -1,0 +1,1 @@
+"""Broken trl-formatkit plugins, one per module (see pyproject.toml)."""
