@@ -149,6 +149,7 @@ def test_check_formatting_func_accepts_correct_functions(tokenizer_phi):
     assert texts[0] == "### Question: What is the capital of Argentina?\n ### Answer: Buenos Aires.<|endoftext|>"
     wrapped = batched_formatting_func(make_byo_formatting_func2(tokenizer_phi))
     assert len(check_formatting_func(wrapped, [dict(r) for r in ds_prompt])) == 2
+    assert check_formatting_func(wrapped, ds_prompt.to_iterable_dataset()) == [wrapped(r) for r in ds_prompt]
 
 
 def test_check_formatting_func_other_failures():

@@ -14,6 +14,7 @@ Imports neither ``datasets`` nor ``trl``.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +141,10 @@ def _first_rows(data: Any, n: int) -> tuple[dict[str, list], list[str]]:
     if hasattr(data, "column_names") and hasattr(data, "__getitem__") and hasattr(data, "num_rows"):
         batch = data[: min(n, data.num_rows)]
         return dict(batch), list(data.column_names)
+    if hasattr(data, "column_names") and hasattr(data, "__iter__") and not isinstance(data, Mapping):
+        rows = list(itertools.islice(iter(data), n))  # an IterableDataset: its first rows
+        keys = list(rows[0]) if rows else []
+        return {key: [row[key] for row in rows] for key in keys}, keys
     if isinstance(data, Mapping):
         batch = {key: list(values)[:n] for key, values in data.items()}
         _rows(batch)  # checks the lengths
@@ -165,7 +170,8 @@ def check_formatting_func(fn: Callable[..., Any], data: Any, *, tokenizer: Any =
 
     Args:
         fn: The formatting function.
-        data: A ``datasets.Dataset``, a batch (dict of columns) or a list of row dicts; its first rows are used.
+        data: A ``datasets.Dataset`` or ``IterableDataset``, a batch (dict of columns) or a list of row dicts; its
+            first rows are used.
         tokenizer: If given, the error quotes the exact ``ArrowInvalid`` message ``map`` would raise.
         num_rows: How many rows to put in the batch (at least 2, so a batch cannot pass for a row).
 
