@@ -81,6 +81,44 @@ def _require_tokenizer(tokenizer: Any) -> None:
         )
 
 
+class _Vocab(Mapping):
+    """Token -> id lookups without building the whole vocabulary dict (150k entries cost ~0.2 s)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._lookup = getattr(backend, "token_to_id", None)
+        self._tokenizer = tokenizer
+        self._dict: dict[str, int] | None = None if callable(self._lookup) else tokenizer.get_vocab()
+
+    def get(self, token: Any, default: Any = None) -> Any:
+        if self._dict is not None:
+            return self._dict.get(token, default)
+        if not isinstance(token, str):
+            return default
+        token_id = self._lookup(token)  # type: ignore[misc]
+        return default if token_id is None else int(token_id)
+
+    def __getitem__(self, token: str) -> int:
+        token_id = self.get(token)
+        if token_id is None:
+            raise KeyError(token)
+        return token_id
+
+    def __contains__(self, token: object) -> bool:
+        return self.get(token) is not None
+
+    def _full(self) -> dict[str, int]:
+        if self._dict is None:
+            self._dict = self._tokenizer.get_vocab()
+        return self._dict
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+
 def _name(tokenizer: Any) -> str:
     path = str(getattr(tokenizer, "name_or_path", "") or "")
     return path.rstrip("/").rsplit("/", 1)[-1] or type(tokenizer).__name__
@@ -196,7 +234,7 @@ class _Plan:
 def _plan_fix(tokenizer: Any, *, alternative_bos_token: str | None = "<|im_start|>",
               alternative_unk_token: str = "<unk>", pad_token: str | None = None,
               unk_token: str | None = None) -> _Plan:  # fmt: skip
-    vocab = tokenizer.get_vocab()
+    vocab = _Vocab(tokenizer)
     eos = _tok(tokenizer.eos_token)
     if eos is None:
         raise FormatKitValueError(
@@ -658,7 +696,7 @@ def audit_tokenizer(
     _require_tokenizer(tokenizer)
     if purpose not in ("training", "generation"):
         raise FormatKitValueError(f"purpose={purpose!r} is not allowed; use 'training' or 'generation'")
-    vocab = tokenizer.get_vocab()
+    vocab = _Vocab(tokenizer)
     eos, bos, unk, pad = (_tok(getattr(tokenizer, a)) for a in ("eos_token", "bos_token", "unk_token", "pad_token"))
     report = AuditReport(
         name=_name(tokenizer),
@@ -801,7 +839,8 @@ def audit_tokenizer(
             problem(
                 "double-bos",
                 "the chat template writes BOS and the tokenizer adds another one when the rendered text is "
-                "tokenized: every sample starts with two BOS tokens",
+                "tokenized (a formatting_func or a text column: tokenizer(text)): every sample starts with two BOS "
+                "tokens; apply_chat_template(tokenize=True) is not affected",
                 {"bos_token": bos, "bos_token_id": tokenizer.bos_token_id},
                 "tokenizer(text, add_special_tokens=False)  # or apply_chat_template(..., tokenize=True)",
             )
@@ -1082,7 +1121,7 @@ class SafeSpecialTokensMixin:
             if other is None or as_token != other or as_token == current:
                 return
         try:
-            vocab = self.get_vocab()  # type: ignore[attr-defined]
+            vocab = _Vocab(self)
             unk = _tok(self.unk_token)  # type: ignore[attr-defined]
             candidate, reason = _pad_candidate(self, vocab, unk=unk, eos=as_token)
             where = f"id {vocab[candidate]}" if candidate in vocab else "a new token"
@@ -1254,7 +1293,7 @@ CHAT_TEMPLATES: dict[str, str] = {
 
 
 def _named_template(tokenizer: Any, name: str, generation_markers: bool) -> str:
-    vocab = tokenizer.get_vocab()
+    vocab = _Vocab(tokenizer)
     eos = _tok(tokenizer.eos_token)
     if eos is None:
         raise FormatKitValueError(
@@ -1308,7 +1347,9 @@ def add_chat_template(tokenizer: Any, template: str | None = None, *, generation
     With ``generation_markers=True`` (default) the assistant's content and its EOS sit inside
     ``{% generation %}`` so ``return_assistant_tokens_mask`` / trl's ``assistant_only_loss`` train the answer
     and the stop; the rendered text is the same either way. Call :func:`fix_special_tokens` first when BOS
-    equals EOS.
+    equals EOS. Where the tokenizer adds BOS by itself (Llama), rendered text starts with BOS already: tokenize
+    it with ``add_special_tokens=False`` (:func:`audit_tokenizer` reports this as ``double-bos``), or use
+    ``apply_chat_template(..., tokenize=True)``.
 
     Args:
         tokenizer: the tokenizer (changed in place and returned).
@@ -1546,7 +1587,7 @@ def setup_chat_format(
         {"bos_token": bos, "eos_token": eos},
         [t for t in (bos, eos) if t not in _extra_special_tokens(tokenizer)],
     )
-    vocab = tokenizer.get_vocab()
+    vocab = _Vocab(tokenizer)
     unk, pad = _tok(tokenizer.unk_token), _tok(tokenizer.pad_token)
     if unk == eos:  # pragma: no cover - only with a tokenizer whose UNK was '<|im_end|>'
         unk = None
