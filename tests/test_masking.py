@@ -228,3 +228,15 @@ def test_pad_flat_round_trip(seqs, side, multiple):
     assert padded.shape[1] % (multiple or 1) == 0
     rows = [r[r != -1].tolist() for r in padded]
     assert rows == seqs
+
+
+def test_variants_never_include_an_unknown_word_id():
+    """A vocabulary that maps unknown words to an id the tokenizer does not call UNK (here <pad>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<user>": 2, "<bot>": 3}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    assert tok.unk_token is None
+    assert template_variants(tok, "<bot>") == [(3,)]  # ".<bot>" is one unknown word: id 0, not a variant

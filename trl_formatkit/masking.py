@@ -184,9 +184,13 @@ def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> tu
                 if any(c.isalnum() for c in prefix[a:start]):
                     return None  # glued to a word ("xAnswer"): would only match that word
             picked.append(tok)
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if not picked or (unk is not None and unk in picked):
-        return None  # an unknown-token variant would match any unknown text
+    if not picked:
+        return None
+    # it must read back as the template: an unknown token (<unk>, or a tokenizer whose vocabulary maps
+    # unknown words to some other id) would match any unknown text
+    decoded = tokenizer.decode(picked, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if " ".join(template.split()) not in " ".join(decoded.split()):
+        return None
     return tuple(picked)
 
 
