@@ -149,7 +149,7 @@ def test_phi3_pad_equals_eos_is_found_and_the_fix_names_unk(load_tokenizer):
     assert "DataCollatorForLanguageModeling" in f.message and "-100" in f.message
     assert f.fix == "fix_special_tokens(tokenizer)  # pad_token: '<|endoftext|>' -> '<unk>' (id 0)"
     assert report.special_tokens["pad_token"] == ("<|endoftext|>", 32000)
-    assert not report.ok and bool(report) and len(report) == 1
+    assert not report.ok and report.codes[0] == "pad-equals-eos"
 
 
 def test_phi3_end_of_turn_is_end_token_not_in_eos(load_tokenizer):
@@ -717,12 +717,15 @@ def test_named_templates(load_tokenizer):
     tok.chat_template = None
     add_chat_template(tok, "chatml")
     assert tok.apply_chat_template(CHAT, tokenize=False) == (
-        "<|im_start|>user\nWhat is the capital of Argentina?<|im_end|>\n<|im_start|>assistant\nBuenos Aires.<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of Argentina?<|im_end|>\n"
+        "<|im_start|>assistant\nBuenos Aires.<|im_end|>\n"
     )
     assert original.replace("{% if loop.first and messages[0]['role'] != 'system' %}", "") != tok.chat_template
     add_chat_template(tok, "zephyr")
     rendered = tok.apply_chat_template(CHAT, tokenize=False)
-    assert rendered == "<|user|>\nWhat is the capital of Argentina?<|endoftext|>\n<|assistant|>\nBuenos Aires.<|endoftext|>\n"
+    assert rendered == (
+        "<|user|>\nWhat is the capital of Argentina?<|endoftext|>\n<|assistant|>\nBuenos Aires.<|endoftext|>\n"
+    )
     assert audit_tokenizer(tok).ok
     assert set(CHAT_TEMPLATES) == {"chatml-bos-eos", "chatml", "zephyr"}
 
@@ -740,7 +743,10 @@ def test_add_chat_template_errors(load_tokenizer):
     broken = "{% for m in messages %}{{ m['content'] | no_such_filter }}{% endfor %}"
     with pytest.raises(FormatKitValueError, match="does not render.*no_such_filter"):
         add_chat_template(tok, broken)
-    strict = "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ raise_exception('no assistants') }}{% endif %}{% endfor %}"
+    strict = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ raise_exception('no assistants') }}{% endif %}"
+        "{% endfor %}"
+    )
     with pytest.raises(FormatKitValueError, match="no assistants"):
         add_chat_template(tok, strict)
     assert tok.chat_template is None  # a failed call leaves the tokenizer as it was
@@ -1002,7 +1008,8 @@ def test_setup_chat_format_never_pad_eos_never_shrinks(load_tokenizer):
     assert tok.pad_token == "<|endoftext|>"  # the former EOS serves; no third new token
     assert len(tok) == 50259 and rows(model) == 50368  # trl 0.19 resized this to 50259
     assert tok.apply_chat_template(CHAT, tokenize=False) == (
-        "<|im_start|>user\nWhat is the capital of Argentina?<|im_end|>\n<|im_start|>assistant\nBuenos Aires.<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of Argentina?<|im_end|>\n"
+        "<|im_start|>assistant\nBuenos Aires.<|im_end|>\n"
     )
     assert model.config.eos_token_id == tok.eos_token_id == model.generation_config.eos_token_id
     assert model.config.pad_token_id == tok.pad_token_id
@@ -1030,7 +1037,9 @@ def test_setup_chat_format_matches_trl_019_rendering(load_tokenizer):
     )
     for messages, prompt in ((CHAT, False), (CHAT[:1], True)):
         ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
-        theirs = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt, chat_template=trl_template)
+        theirs = tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=prompt, chat_template=trl_template
+        )
         assert ours == theirs
     assert {"<|im_start|>", "<|im_end|>"} <= set(tok.extra_special_tokens)
 
@@ -1046,3 +1055,55 @@ def test_setup_chat_format_errors(load_tokenizer):
     with pytest.raises(FormatKitTypeError):
         setup_chat_format(torch.nn.Linear(2, 2), tok)
     assert len(tok) == n and tok.eos_token == "<|endoftext|>"  # nothing changed before the error
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# against the original: trl 0.19.1's setup_chat_format in its own interpreter (dev-time; skipped where absent)
+# ---------------------------------------------------------------------------------------------------------------
+
+REF_PYTHON = Path(__import__("os").environ.get("FORMATKIT_REF_PYTHON", "/work/ref-venv/bin/python"))
+_REF_SCRIPT = r"""
+import json, sys, torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from trl import setup_chat_format
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(vocab_size=50368, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+model, tok = setup_chat_format(model, tok)
+messages = json.loads(sys.argv[2])
+print(json.dumps({
+    "bos": tok.bos_token, "eos": tok.eos_token, "pad": tok.pad_token, "len": len(tok),
+    "rows": model.get_input_embeddings().weight.shape[0],
+    "text": tok.apply_chat_template(messages, tokenize=False),
+    "prompt": tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True),
+    "ids": tok.apply_chat_template(messages, tokenize=True),
+}))
+"""
+
+
+def test_setup_chat_format_against_trl_019(load_tokenizer, tokenizer_path, tmp_path):
+    if not REF_PYTHON.is_file():
+        pytest.skip(f"reference interpreter {REF_PYTHON} (trl 0.19.1) not found; set FORMATKIT_REF_PYTHON")
+    import shutil
+
+    folder = tmp_path / "gpt2"
+    shutil.copytree(tokenizer_path("gpt2"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "GPT2TokenizerFast"  # a class transformers 4.x knows
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    proc = subprocess.run(
+        [str(REF_PYTHON), "-c", _REF_SCRIPT, str(folder), json.dumps(CHAT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    model, tok = setup_chat_format(tiny_gpt2(50368), load_tokenizer("gpt2"))
+    # the same ChatML: tokens, rendered text, generation prompt and token ids
+    assert (tok.bos_token, tok.eos_token, len(tok)) == (theirs["bos"], theirs["eos"], theirs["len"])
+    assert tok.apply_chat_template(CHAT, tokenize=False) == theirs["text"]
+    assert tok.apply_chat_template(CHAT[:1], tokenize=False, add_generation_prompt=True) == theirs["prompt"]
+    assert tok.apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"] == theirs["ids"]
+    # the flaws trl 0.19 had, and we do not
+    assert theirs["pad"] == theirs["eos"] == "<|im_end|>" and tok.pad_token != tok.eos_token
+    assert theirs["rows"] == 50259 < 50368 == rows(model)  # trl shrank the embeddings

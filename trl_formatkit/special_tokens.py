@@ -334,12 +334,6 @@ class AuditReport:
         """The codes of the problems, then of the notes."""
         return [f.code for f in self.problems] + [f.code for f in self.notes]
 
-    def __bool__(self) -> bool:  # a report is truthy when it has something to say about problems
-        return bool(self.problems)
-
-    def __len__(self) -> int:
-        return len(self.problems)
-
     def raise_for_problems(self) -> AuditReport:
         """Raise :class:`~trl_formatkit.errors.FormatKitValueError` listing the problems; return self if none."""
         if self.problems:
