@@ -152,6 +152,20 @@ def test_phi3_pad_equals_eos_is_found_and_the_fix_names_unk(load_tokenizer):
     assert not report.ok and report.codes[0] == "pad-equals-eos"
 
 
+def test_pad_equals_eos_really_drops_the_eos_label_and_the_fix_restores_it(load_tokenizer):
+    """What the pad-equals-eos finding claims, shown with transformers' DataCollatorForLanguageModeling."""
+    from transformers import DataCollatorForLanguageModeling
+
+    tok = load_tokenizer("phi-3-mini")
+    ids = tok(tok.apply_chat_template(CHAT, tokenize=False)).input_ids
+    assert ids[-1] == 32000  # the template ends the conversation with EOS
+    labels = DataCollatorForLanguageModeling(tok, mlm=False)([{"input_ids": ids}])["labels"][0].tolist()
+    assert labels[-1] == -100  # never trained: the model never learns to stop
+    fix_special_tokens(tok)
+    labels = DataCollatorForLanguageModeling(tok, mlm=False)([{"input_ids": ids}])["labels"][0].tolist()
+    assert labels[-1] == 32000
+
+
 def test_phi3_end_of_turn_is_end_token_not_in_eos(load_tokenizer):
     """<|end|> (32007) follows every assistant answer; generation stops only on EOS 32000: a note without a model."""
     report = audit_tokenizer(load_tokenizer("phi-3-mini"))
@@ -563,6 +577,26 @@ def test_safe_tokenizer_refuses_pad_equal_eos(load_tokenizer, name):
         assert "Use tokenizer.pad_token = " in str(excinfo.value) and "tokenizer.fix()" in str(excinfo.value)
         assert tok.pad_token == before  # nothing changed
     assert safe_tokenizer(tok) is tok and type(tok) is type(safe_tokenizer(tok))
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["pad_token", "pad_token_id", "eos_token", "eos_token_id"]), st.integers(0, 24)),
+    max_size=12,
+)
+
+
+@given(ops=_OPS)
+def test_safe_tokenizer_property_pad_never_becomes_eos(ops):
+    """Whatever is assigned, in whatever order, a safe tokenizer never ends with PAD == EOS; refusals change nothing."""
+    tok = safe_tokenizer(toy_tokenizer(pad_token="<pad>", added_tokens=["<|reserved_0|>", "<|reserved_1|>"]))
+    for key, token_id in ops:
+        value = token_id if key.endswith("_id") else tok.convert_ids_to_tokens(token_id)
+        before = dict(tok.special_tokens_map)
+        try:
+            setattr(tok, key, value)
+        except FormatKitValueError:
+            assert dict(tok.special_tokens_map) == before
+        assert tok.pad_token != tok.eos_token
 
 
 def test_safe_tokenizer_error_names_the_token_to_use(load_tokenizer):
