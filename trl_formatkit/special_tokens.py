@@ -128,13 +128,6 @@ def _tok(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _describe(token: str | None, vocab: Mapping[str, int]) -> str:
-    if token is None:
-        return "None"
-    token_id = vocab.get(token)
-    return f"{token!r} ({'not in the vocabulary' if token_id is None else f'id {token_id}'})"
-
-
 def _extra_special_tokens(tokenizer: Any) -> list[str]:
     for attr in ("extra_special_tokens", "additional_special_tokens"):
         try:
@@ -200,8 +193,9 @@ def _add_special_tokens(tokenizer: Any, named: Mapping[str, str], extras: Sequen
         tokenizer.add_special_tokens(special, **kwargs)
 
 
-def _pad_candidate(tokenizer: Any, vocab: Mapping[str, int], *, unk: str | None, eos: str,
-                   also: Sequence[str | None] = ()) -> tuple[str, str]:  # fmt: skip
+def _pad_candidate(
+    tokenizer: Any, vocab: Mapping[str, int], *, unk: str | None, eos: str, also: Sequence[str | None] = ()
+) -> tuple[str, str]:
     """The token the fix would use as PAD, and why (the chapter's order, plus reserved slots)."""
     if unk is not None and unk != eos:
         return unk, "the UNK token; PAD and UNK may be the same"
@@ -231,9 +225,14 @@ class _Plan:
     new_tokens: list[str]
 
 
-def _plan_fix(tokenizer: Any, *, alternative_bos_token: str | None = "<|im_start|>",
-              alternative_unk_token: str = "<unk>", pad_token: str | None = None,
-              unk_token: str | None = None) -> _Plan:  # fmt: skip
+def _plan_fix(
+    tokenizer: Any,
+    *,
+    alternative_bos_token: str | None = "<|im_start|>",
+    alternative_unk_token: str = "<unk>",
+    pad_token: str | None = None,
+    unk_token: str | None = None,
+) -> _Plan:
     vocab = _Vocab(tokenizer)
     eos = _tok(tokenizer.eos_token)
     if eos is None:
@@ -452,8 +451,13 @@ class _TemplateFacts:
     located: bool = True
 
 
-def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, template: str | None = None,
-            add_generation_prompt: bool = False) -> str:  # fmt: skip
+def _render(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    template: str | None = None,
+    add_generation_prompt: bool = False,
+) -> str:
     kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
     if template is not None:
         kwargs["chat_template"] = template
@@ -902,12 +906,11 @@ def audit_tokenizer(
 
     # ---- model
     if model is not None:
-        _audit_model(tokenizer, model, vocab, report, problem, note)
+        _audit_model(tokenizer, model, problem, note)
     return report
 
 
-def _audit_model(tokenizer: Any, model: Any, vocab: Mapping[str, int], report: AuditReport,
-                 problem: Any, note: Any) -> None:  # fmt: skip
+def _audit_model(tokenizer: Any, model: Any, problem: Any, note: Any) -> None:
     embedding = _input_embeddings(model)
     rows = _num_rows(embedding)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -1042,8 +1045,8 @@ def fix_special_tokens(
         ('<|reserved_0|>', '<|im_start|>', 1)
     """
     _require_tokenizer(tokenizer)
-    for name, value in (("extra_special_tokens", extra_special_tokens), ("special_tokens", special_tokens),
-                        ("tokens", tokens)):  # fmt: skip
+    lists = {"extra_special_tokens": extra_special_tokens, "special_tokens": special_tokens, "tokens": tokens}
+    for name, value in lists.items():
         if isinstance(value, str):
             raise FormatKitTypeError(f"{name} must be a list of strings, got the string {value!r}; use [{value!r}]")
     plan = _plan_fix(
