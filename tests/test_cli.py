@@ -26,6 +26,7 @@ def test_demo_runs_offline_on_the_bundled_tokenizer():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "phi-3-mini (bundled)" in out
+    assert "pad-equals-eos" in out and "PAD is now '<unk>' (0)" in out and "problems left: 0" in out
     assert "row 0: 22 of 38 tokens trained" in out and "row 1: 15 of 28 tokens trained" in out  # the yoda rows
     assert "row 0: 8 of 27 tokens trained" in out and "row 0: 13 of 27 tokens trained" in out  # multi-turn
     assert "row 0: 0 of 42 tokens trained" in out and "row 0: 21 of 42 tokens trained" in out  # the pitfall, fixed
@@ -42,6 +43,14 @@ def test_inspect_text_and_exact_matching(tokenizer_path):
     bad = run_cli("inspect", "--tokenizer", llama, "--response-template", "### Assistant:", "--text", text, "--exact")
     assert bad.returncode == 1  # a warning was shown: something trains nothing
     assert "0 of 20 tokens trained" in bad.stdout and "tokenizes differently" in bad.stdout
+
+
+def test_audit_exit_code_names_problems(tokenizer_path):
+    bad = run_cli("audit", "--tokenizer", str(tokenizer_path("gpt2")))
+    assert bad.returncode == 1
+    assert "bos-equals-eos" in bad.stdout and "pad-missing" in bad.stdout and "fix_special_tokens" in bad.stdout
+    generation = run_cli("audit", "--tokenizer", str(tokenizer_path("llama-2")), "--purpose", "generation")
+    assert generation.returncode == 1 and "padding" in generation.stdout
 
 
 def test_inspect_jsonl_messages(tmp_path):

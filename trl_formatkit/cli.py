@@ -2,6 +2,7 @@
 
 Commands:
     demo      an offline tour on the book chapter's examples (bundled Phi-3-mini tokenizer)
+    audit     check a tokenizer's special tokens and chat template; each problem with its fix
     inspect   show which tokens a collator trains, for your tokenizer, templates and rows
 """
 
@@ -46,22 +47,22 @@ def demo(tokenizer_path: str | None = None, console: Any = None) -> int:
     from .collators import DataCollatorForCompletionOnlyLM
     from .errors import FormatKitWarning
     from .inspect import show_trained
+    from .special_tokens import audit_tokenizer, fix_special_tokens
 
     console = console or Console()
     tok = load_tokenizer(tokenizer_path)
     name = Path(tokenizer_path).name if tokenizer_path else "phi-3-mini (bundled)"
     console.print(Rule(f"trl-formatkit {__version__} demo · tokenizer: {name} · offline"))
 
-    console.print(
-        f"\n[bold]1. The tokenizer[/bold]: EOS {tok.eos_token!r} ({tok.eos_token_id}), PAD {tok.pad_token!r} "
-        f"({tok.pad_token_id}), UNK {tok.unk_token!r}, padding side {tok.padding_side!r}"
-    )
-    if tok.pad_token_id is not None and tok.pad_token_id == tok.eos_token_id:
+    console.print("\n[bold]1. The tokenizer[/bold]: audit_tokenizer(tok)")
+    report = audit_tokenizer(tok)
+    console.print(report)
+    if report.problems:
+        fix_special_tokens(tok)
         console.print(
-            "   PAD == EOS: a collator that masks labels by the pad id never trains EOS (the model never learns "
-            "to stop). The book's fix, applied here: [green]tokenizer.pad_token = tokenizer.unk_token[/green]"
+            f"   fix_special_tokens(tok): PAD is now {tok.pad_token!r} ({tok.pad_token_id}), EOS {tok.eos_token!r} "
+            f"({tok.eos_token_id}); problems left: {len(audit_tokenizer(tok).problems)}"
         )
-        tok.pad_token = tok.unk_token
 
     console.print("\n[bold]2. Single turn[/bold] (the book's yoda rows, chat template, left padding)")
     console.print('   DataCollatorForCompletionOnlyLM(response_template="<|assistant|>", tokenizer=tok)')
@@ -168,6 +169,17 @@ def inspect_command(args: argparse.Namespace, console: Any = None) -> int:
     return 1 if caught else 0
 
 
+def audit_command(args: argparse.Namespace, console: Any = None) -> int:
+    from rich.console import Console
+
+    from .special_tokens import audit_tokenizer
+
+    console = console or Console()
+    report = audit_tokenizer(load_tokenizer(args.tokenizer), purpose=args.purpose)
+    console.print(report)
+    return 1 if report.problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trl-formatkit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"trl-formatkit {__version__}")
@@ -175,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_demo = sub.add_parser("demo", help="an offline tour on the book chapter's examples")
     p_demo.add_argument("--tokenizer", help="a local tokenizer folder (default: the bundled Phi-3-mini)")
+
+    p_audit = sub.add_parser("audit", help="check a tokenizer's special tokens and chat template (exit 1 on problems)")
+    p_audit.add_argument("--tokenizer", help="a local tokenizer folder (default: the bundled Phi-3-mini)")
+    p_audit.add_argument("--purpose", choices=["training", "generation"], default="training",
+                         help="generation also flags right padding")
 
     p_inspect = sub.add_parser("inspect", help="show which tokens the collator trains")
     p_inspect.add_argument("--tokenizer", help="a local tokenizer folder (default: the bundled Phi-3-mini)")
@@ -197,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(args.tokenizer)
     if args.command == "inspect":
         return inspect_command(args)
+    if args.command == "audit":
+        return audit_command(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
