@@ -20,9 +20,10 @@ What trl 1.16 does around a custom collator (checked here, so a trl upgrade that
   ``seq_idx`` included) and counts tokens from ``attention_mask`` or, padding-free, from ``position_ids``.
 
 Padding-free attention on CPU: transformers 5's ``sdpa`` path builds a block-diagonal causal mask from
-``position_ids`` when there is no ``attention_mask`` (``masking_utils.find_packed_sequence_indices``), so sequences do
-not see each other; ``trl_formatkit.attention.register()`` (exact per-sequence fallback on CPU) is used where it
-exists. ``test_padding_free_attention_respects_boundaries`` checks both against the padded batch.
+``position_ids`` when there is no ``attention_mask`` and no KV cache (``masking_utils.find_packed_sequence_indices``;
+trl passes ``use_cache=False``), so sequences do not see each other; ``trl_formatkit.attention.register()`` (exact
+per-sequence fallback on CPU) is used where it exists. ``test_padding_free_attention_respects_boundaries`` checks
+both against the padded batch, and that sdpa does leak across sequences when a KV cache is on.
 """
 
 from __future__ import annotations
@@ -289,9 +290,16 @@ def test_trl_rejects_its_own_padding_free_with_a_custom_collator(phi, tmp_path):
         )
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "formatkit"])
-def test_padding_free_attention_respects_boundaries(phi, attention):
-    """On CPU the flattened batch gives the padded batch's logits: no sequence attends to another."""
+@pytest.mark.parametrize(
+    ("attention", "use_cache"), [("sdpa", False), ("formatkit", False), ("formatkit", True), ("sdpa", True)]
+)
+def test_padding_free_attention_respects_boundaries(phi, attention, use_cache):
+    """On CPU the flattened batch gives the padded batch's logits: no sequence attends to another.
+
+    Except transformers' sdpa with a KV cache (``use_cache=True``, the default of a plain ``model(**batch)`` in
+    eval mode): transformers then builds no packed-sequence mask and every sequence sees the ones before it. trl
+    sets ``use_cache=False`` in ``compute_loss``, so training is right; trl_formatkit's attention is right either way.
+    """
     model = _tiny_llama(phi).eval()
     if attention == "formatkit":
         if not HAS_FORMATKIT_ATTENTION:
@@ -304,10 +312,15 @@ def test_padding_free_attention_respects_boundaries(phi, attention):
     with torch.no_grad():
         # use_cache=False as in training (trl sets it): with a KV cache, transformers builds no packed-sequence
         # mask for sdpa and the sequences of a flattened batch would attend to each other
-        flat_logits = model(**{k: v for k, v in flat.items() if k != "labels"}, use_cache=False).logits[0]
+        flat_logits = model(**{k: v for k, v in flat.items() if k != "labels"}, use_cache=use_cache).logits[0]
         positions = (padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
         padded_logits = model_padded(
             input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], position_ids=positions
         ).logits
     mask = padded["attention_mask"].bool()
+    if attention == "sdpa" and use_cache:  # the leak: all but the first sequence differ
+        first = int(flat["cu_seq_lens_q"][1])
+        torch.testing.assert_close(flat_logits[:first], padded_logits[mask][:first], atol=1e-4, rtol=1e-4)
+        assert (flat_logits[first:] - padded_logits[mask][first:]).abs().max() > 1e-2
+        return
     torch.testing.assert_close(flat_logits, padded_logits[mask], atol=1e-4, rtol=1e-4)
