@@ -30,6 +30,7 @@ from .masking import (
     completion_mask_from_templates,
     cu_seq_lens_from_lengths,
     position_ids_from_lengths,
+    real_token_mask,
     seq_idx_from_lengths,
     template_variants,
 )
@@ -269,27 +270,21 @@ class DataCollatorForCompletionOnlyLM:
         self, flat: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray, seq_lengths: np.ndarray
     ) -> dict[str, Any]:
         side = getattr(self.tokenizer, "padding_side", "right")
-        if side not in ("left", "right"):
-            raise FormatKitValueError(f"tokenizer.padding_side must be 'left' or 'right', got {side!r}")
         width = int(row_lengths.max())
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         n_rows = row_lengths.shape[0]
-        rows = np.repeat(np.arange(n_rows), row_lengths)
-        cols = position_ids_from_lengths(row_lengths)
-        if side == "left":
-            cols += np.repeat(width - row_lengths, row_lengths)
+        real = real_token_mask(row_lengths, width, side)
         needs_pad = width * n_rows != flat.shape[0]
         input_ids = np.full((n_rows, width), self._pad_id() if needs_pad else 0, dtype=np.int64)
-        input_ids[rows, cols] = flat
+        input_ids[real] = flat
         padded_labels = np.full((n_rows, width), self.ignore_index, dtype=np.int64)
-        padded_labels[rows, cols] = labels
-        attention_mask = np.zeros((n_rows, width), dtype=np.int64)
-        attention_mask[rows, cols] = 1
+        padded_labels[real] = labels
+        attention_mask = real.astype(np.int64)
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": padded_labels}
         if seq_lengths.shape[0] != n_rows:  # packed rows: positions restart with every packed sequence
             position_ids = np.zeros((n_rows, width), dtype=np.int64)
-            position_ids[rows, cols] = position_ids_from_lengths(seq_lengths)
+            position_ids[real] = position_ids_from_lengths(seq_lengths)
             out["position_ids"] = position_ids
         return out
 

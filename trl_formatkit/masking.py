@@ -31,6 +31,7 @@ __all__ = [
     "cu_seq_lens_from_lengths",
     "seq_idx_from_lengths",
     "pad_flat",
+    "real_token_mask",
 ]
 
 IGNORE_INDEX = -100
@@ -244,11 +245,13 @@ def find_templates(
         ends_l.append(s + len(variant))
     if not starts_l:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    starts = np.concatenate(starts_l)
-    ends = np.concatenate(ends_l)
-    if starts.size > 1:
+    if len(starts_l) == 1:  # one variant: already sorted
+        starts, ends = starts_l[0], ends_l[0]
+    else:
+        starts, ends = np.concatenate(starts_l), np.concatenate(ends_l)
         order = np.lexsort((-ends, starts))
         starts, ends = starts[order], ends[order]
+    if starts.size > 1 and bool((starts[1:] < ends[:-1]).any()):
         # merge occurrences that overlap (variants nested in each other, a template overlapping itself)
         reach = np.maximum.accumulate(ends)
         first = np.ones(starts.size, dtype=bool)
@@ -258,11 +261,22 @@ def find_templates(
     return starts, ends
 
 
-def _forward_fill(events: np.ndarray) -> np.ndarray:
-    """Carry the last non-negative value forward (events: -1 = no change)."""
-    idx = np.where(events >= 0, np.arange(events.shape[0]), 0)
-    np.maximum.accumulate(idx, out=idx)
-    return events[idx]
+def _states_from_events(n: int, events: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Per-token state from sparse events, in O(events log events + n).
+
+    ``events`` are ``(positions, value)`` pairs; at one position, the pair listed last wins. The state holds from
+    an event's position up to the next event. Position 0 must carry an event; positions >= n are dropped.
+    """
+    positions = np.concatenate([p for p, _ in events])
+    values = np.concatenate([np.full(p.shape[0], v, dtype=bool) for p, v in events])
+    priority = np.concatenate([np.full(p.shape[0], k, dtype=np.int64) for k, (p, _) in enumerate(events)])
+    order = np.lexsort((priority, positions))
+    positions, values = positions[order], values[order]
+    last = np.ones(positions.shape[0], dtype=bool)
+    last[:-1] = positions[1:] != positions[:-1]
+    keep = last & (positions < n)
+    positions, values = positions[keep], values[keep]
+    return np.repeat(values, np.diff(positions, append=n))
 
 
 def completion_mask_from_templates(
@@ -322,22 +336,21 @@ def completion_mask_from_templates(
         last_end = np.where(last_end < 0, offsets[1:], last_end)  # no template: nothing trained
         return np.arange(n) >= np.repeat(last_end, lengths), has_response, has_instruction
 
-    # multi-turn: a state machine over template events, then a forward fill. Assignment order sets who wins
-    # at one position: masking events are written last, so an empty answer (an instruction template right
-    # after a response template) or a template at a sequence start stays masked.
-    events = np.full(n + 1, -1, dtype=np.int8)  # one spare slot for a template that ends the last sequence
-    events[r_ends] = 1  # training starts after a response template ...
+    # multi-turn: a state machine over template events. At one position the event listed last wins: masking
+    # events come after "train", so an empty answer (an instruction template right after a response template)
+    # or a template at a sequence start stays masked.
+    events = [(r_ends, True)]  # training starts after a response template ...
     if end:
         _, e_ends = find_templates(ids, end, lengths)
-        events[e_ends] = 0  # ... and stops after an end template (whose tokens are trained)
+        events.append((e_ends, False))  # ... and stops after an end template (whose tokens are trained)
     if instruction:
         i_starts, _ = find_templates(ids, instruction, lengths)
         has_instruction = np.zeros(n_seq, dtype=bool)
         has_instruction[np.searchsorted(offsets, i_starts, side="right") - 1] = True
-        events[i_starts] = 0  # an instruction template masks from its first token
-    events[r_starts] = 0  # the response template's own tokens are masked
-    events[offsets[:-1]] = 0  # every sequence starts masked
-    return _forward_fill(events[:n]) == 1, has_response, has_instruction
+        events.append((i_starts, False))  # an instruction template masks from its first token
+    events.append((r_starts, False))  # the response template's own tokens are masked
+    events.append((offsets[:-1], False))  # every sequence starts masked
+    return _states_from_events(n, events), has_response, has_instruction
 
 
 def labels_from_mask(ids: np.ndarray, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -404,22 +417,30 @@ def pad_flat(
         >>> pad_flat(np.array([1, 2, 3]), np.array([3]), -1, pad_to_multiple_of=4).tolist()
         [[1, 2, 3, -1]]
     """
-    if padding_side not in ("right", "left"):
-        raise FormatKitValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     lengths = np.asarray(lengths, dtype=np.int64)
     width = int(lengths.max()) if lengths.size else 0
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    out = np.full((lengths.shape[0], width), pad_value, dtype=flat.dtype)
-    rows, cols = _row_col(lengths, width, padding_side)
-    out[rows, cols] = flat
+    real = real_token_mask(lengths, width, padding_side)
+    out = np.full(real.shape, pad_value, dtype=flat.dtype)
+    out[real] = flat
     return out
 
 
-def _row_col(lengths: np.ndarray, width: int, padding_side: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of every flat token in the padded 2-D layout."""
-    rows = np.repeat(np.arange(lengths.shape[0]), lengths)
-    cols = position_ids_from_lengths(lengths)
+def real_token_mask(lengths: np.ndarray, width: int, padding_side: str = "right") -> np.ndarray:
+    """Where the real tokens of each row go in a padded ``(rows, width)`` layout (True = real token).
+
+    In row-major order the True cells follow the flat order of the tokens, whichever the padding side, so
+    ``padded[mask] = flat`` lays a flat array out.
+
+    Example:
+        >>> real_token_mask(np.array([1, 3]), 3, "left").astype(int).tolist()
+        [[0, 0, 1], [1, 1, 1]]
+    """
+    if padding_side not in ("right", "left"):
+        raise FormatKitValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    cols = np.arange(width)
+    lengths = np.asarray(lengths, dtype=np.int64)
     if padding_side == "left":
-        cols += np.repeat(width - lengths, lengths)
-    return rows, cols
+        return cols[None, :] >= (width - lengths)[:, None]
+    return cols[None, :] < lengths[:, None]
