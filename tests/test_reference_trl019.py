@@ -1,6 +1,6 @@
 """Differential tests: our ``DataCollatorForCompletionOnlyLM`` against trl 0.19.1's original, batch for batch.
 
-trl removed the collator in 0.20, so the original runs in its own interpreter (``/work/ref-venv``: trl 0.19.1,
+trl removed the collator in 0.20, so the original runs in its own interpreter (``../ref-venv`` beside the checkout: trl 0.19.1,
 transformers 4.53, or ``FORMATKIT_REF_PYTHON``) through ``tests/reference/run_trl019.py``. Token ids are made
 once, here, by the project's tokenizers, and fed identically to both collators; the reference loads a copy of the
 same tokenizer (its ``tokenizer_class`` set to a class transformers 4.x knows) only to encode string templates and
@@ -52,7 +52,9 @@ from trl_formatkit.errors import FormatKitWarning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = REPO_ROOT / "tests" / "reference" / "run_trl019.py"
-REF_PYTHON = Path(os.environ.get("FORMATKIT_REF_PYTHON", "/work/ref-venv/bin/python"))
+REF_PYTHON = Path(
+    os.environ.get("FORMATKIT_REF_PYTHON", Path(__file__).resolve().parents[2] / "ref-venv" / "bin" / "python")
+)
 # transformers 4.x cannot resolve the "TokenizersBackend"/"Qwen2Tokenizer" classes the shared configs name
 REF_TOKENIZER_CLASS = {
     "phi-3-mini": "LlamaTokenizerFast",
