@@ -12,7 +12,7 @@ tokens/s over ``--repeats`` passes is reported (real tokens only, padding not co
   same completion-only labels precomputed (what ``SFTTrainer`` builds during dataset preparation);
 - transformers' ``DataCollatorWithFlattening`` (padding-free, ``return_flash_attn_kwargs=True``), fed the same;
 - trl 0.19.1's original ``DataCollatorForCompletionOnlyLM`` in the reference interpreter (``--ref-python``,
-  default ``/work/ref-venv/bin/python``) in a subprocess, where it exists; not alternated with the others.
+  default ``../ref-venv/bin/python`` beside the checkout) in a subprocess, where it exists; not alternated with the others.
 
 Before timing, the trained tokens of every collator are checked to be the same. Needs torch, transformers and the
 real phi-3-mini tokenizer (``FORMATKIT_TOKENIZERS``, default ``../shared/tokenizers``); trl is optional (its
@@ -263,7 +263,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ref-python", type=Path, default=Path(os.environ.get("FORMATKIT_REF_PYTHON",
-                                                                              "/work/ref-venv/bin/python")))
+                                                                              ROOT.parent / "ref-venv" / "bin" / "python")))
     parser.add_argument("--no-ref", action="store_true", help="skip trl 0.19 in the reference interpreter")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"),
                         help="RESULTS.md to update ('' to only print)")

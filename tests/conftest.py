@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import book_facts` (pytest runs in importlib mode)
 TOKENIZER_NAMES = ("phi-3-mini", "llama-2", "gpt2", "qwen2", "llama-3")
 
 settings.register_profile(

@@ -40,22 +40,8 @@ def collate(tok, rows, **kw):
 
 
 # -- the book chapter's printed outputs (phi-3-mini, llama-2) ----------------------------------------------
-YODA = [
-    "<|user|>\nThe birch canoe slid on the smooth planks.<|end|>\n<|assistant|>\nOn the smooth planks, the birch "
-    "canoe slid. Yes, hrrrm.<|end|>\n<|endoftext|>",
-    "<|user|>\nGlue the sheet to the dark blue background.<|end|>\n<|assistant|>\nGlue the sheet to the dark blue "
-    "background, you must.<|end|>\n<|endoftext|>",
-]
-YODA_IDS = [
-    [32010, 450, 29773, 305, 508, 7297, 2243, 333, 373, 278, 10597, 715, 1331, 29889, 32007, 32001, 1551, 278,
-     10597, 715, 1331, 29892, 278, 29773, 305, 508, 7297, 2243, 333, 29889, 3869, 29892, 298, 21478, 1758, 29889,
-     32007, 32000],
-    [32010, 8467, 434, 278, 9869, 304, 278, 6501, 7254, 3239, 29889, 32007, 32001, 8467, 434, 278, 9869, 304, 278,
-     6501, 7254, 3239, 29892, 366, 1818, 29889, 32007, 32000],
-]  # fmt: skip
-DUMMY_CHAT = "<|user|>Hello\n<|assistant|>How are you?\n<|user|>I'm fine! You?\n<|assistant|>I'm fine too!\n<|endoftext|>"
-DUMMY_IDS = [32010, 15043, 13, 32001, 1128, 526, 366, 29973, 13, 32010, 306, 29915, 29885, 2691, 29991, 887, 29973,
-             13, 32001, 306, 29915, 29885, 2691, 2086, 29991, 13, 32000]  # fmt: skip
+from book_facts import DUMMY_CHAT, DUMMY_IDS, LLAMA_IDS, LLAMA_PROMPT, LLAMA_SPECIAL_IDS, YODA_IDS
+from book_facts import YODA_TEXTS as YODA
 
 
 @pytest.fixture
@@ -106,11 +92,6 @@ def test_book_padding_free_batch_of_66_tokens(phi):
     assert batch["seq_idx"].tolist() == [[0] * 38 + [1] * 28] and batch["seq_idx"].dtype == torch.int32
 
 
-LLAMA_PROMPT = "### User: Hello\n\n### Assistant: Hi, how can I help you?"
-LLAMA_IDS = [1, 835, 4911, 29901, 15043, 13, 13, 2277, 29937, 4007, 22137, 29901, 6324, 29892, 920, 508, 306, 1371,
-             366, 29973]  # fmt: skip
-
-
 @pytest.fixture
 def llama(load_tokenizer):
     tok = load_tokenizer("llama-2")
@@ -146,7 +127,7 @@ def test_book_llama2_template_as_added_special_token(llama):
     assert llama.add_special_tokens({"additional_special_tokens": ["### Assistant:"]}) == 1
     assert llama.convert_tokens_to_ids("### Assistant:") == 32000
     # the book's row (transformers 4.x kept a "▁" (29871) after the new token; 5.x drops it): both are right
-    book_row = [1, 835, 4911, 29901, 15043, 13, 13, 32000, 29871, 6324, 29892, 920, 508, 306, 1371, 366, 29973]
+    book_row = LLAMA_SPECIAL_IDS
     labels = collate(llama, [book_row], response_template="### Assistant:")["labels"]
     assert labels.tolist() == [[-100] * 8 + book_row[8:]]
     row = llama(LLAMA_PROMPT)["input_ids"]

@@ -32,28 +32,8 @@ from trl_formatkit.formats.builtin import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# the book's rows (shared/seeds/003_08e0fccea0e027a9.txt)
-BOOK_MESSAGES = [
-    {"role": "system", "content": "You are a helpful AI assistant."},
-    {"role": "user", "content": "What is the capital of Argentina?"},
-    {"role": "assistant", "content": "Buenos Aires."},
-]
-YODA_ROWS = [
-    {
-        "prompt": "The birch canoe slid on the smooth planks.",
-        "completion": "On the smooth planks, the birch canoe slid. Yes, hrrrm.",
-    },
-    {
-        "prompt": "Glue the sheet to the dark blue background.",
-        "completion": "Glue the sheet to the dark blue background, you must.",
-    },
-]
-YODA_TEXTS = [
-    "<|user|>\nThe birch canoe slid on the smooth planks.<|end|>\n<|assistant|>\nOn the smooth planks, the birch "
-    "canoe slid. Yes, hrrrm.<|end|>\n<|endoftext|>",
-    "<|user|>\nGlue the sheet to the dark blue background.<|end|>\n<|assistant|>\nGlue the sheet to the dark blue "
-    "background, you must.<|end|>\n<|endoftext|>",
-]
+from book_facts import MESSAGES as BOOK_MESSAGES
+from book_facts import YODA_ROWS, YODA_TEXTS
 
 
 def qa(row):

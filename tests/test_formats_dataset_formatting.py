@@ -1,7 +1,7 @@
 """trl's ``trl.extras.dataset_formatting``, restored: the book's cells, trl 0.19's behaviour, lazy ``FORMAT_MAPPING``.
 
 The book's printed outputs (``shared/seeds/003_08e0fccea0e027a9.txt``, Korean edition ``000_...``) are checked with
-the real phi-3-mini tokenizer; a differential test runs trl 0.19.1's own module (``/work/ref-venv``) on the same
+the real phi-3-mini tokenizer; a differential test runs trl 0.19.1's own module (``../ref-venv``) on the same
 rows where that interpreter exists.
 """
 
@@ -26,49 +26,18 @@ from trl_formatkit import (
 from trl_formatkit.errors import FormatKitValueError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REF_PYTHON = Path(os.environ.get("FORMATKIT_REF_PYTHON", "/work/ref-venv/bin/python"))
-
-MESSAGES = [
-    {"role": "system", "content": "You are a helpful AI assistant."},
-    {"role": "user", "content": "What is the capital of Argentina?"},
-    {"role": "assistant", "content": "Buenos Aires."},
-]
-BOOK_CONVERSATION_TEXT = (
-    "<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\nWhat is the capital of Argentina?<|end|>\n"
-    "<|assistant|>\nBuenos Aires.<|end|>\n<|endoftext|>"
+from book_facts import (
+    BATCH_MESSAGES,
+    BATCH_PROMPTS_COMPLETIONS,
+    BOOK_CONVERSATION_TEXT,
+    BYOFD_TEXTS,
+    MESSAGES,
+    REF_PYTHON,
+    YODA_ROWS,
+    YODA_TEXTS,
 )
-BATCH_PROMPTS_COMPLETIONS = {
-    "prompt": ["What is the capital of Argentina?", "What is the capital of the United States?"],
-    "completion": ["Buenos Aires.", "Washington D.C."],
-}
-BATCH_MESSAGES = [
-    [
-        {"role": "user", "content": "What is the capital of Argentina?"},
-        {"role": "assistant", "content": "Buenos Aires."},
-    ],
-    [
-        {"role": "user", "content": "What is the capital of the United States?"},
-        {"role": "assistant", "content": "Washington D.C."},
-    ],
-]
-BYOFD_TEXTS = [  # the book's In [24]: formatted_ds['text']
-    "<|user|>\nWhat is the capital of Argentina?<|end|>\n<|assistant|>\nBuenos Aires.<|end|>\n<|endoftext|>",
-    "<|user|>\nWhat is the capital of the United States?<|end|>\n<|assistant|>\nWashington D.C.<|end|>\n"
-    "<|endoftext|>",
-]
-YODA = {  # the first rows of dvgodoy/yoda_sentences after the book's renames
-    "prompt": ["The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background."],
-    "completion": [
-        "On the smooth planks, the birch canoe slid. Yes, hrrrm.",
-        "Glue the sheet to the dark blue background, you must.",
-    ],
-}
-YODA_TEXTS = [  # the book's In [38]: print(sequences[:2])
-    "<|user|>\nThe birch canoe slid on the smooth planks.<|end|>\n<|assistant|>\nOn the smooth planks, the birch "
-    "canoe slid. Yes, hrrrm.<|end|>\n<|endoftext|>",
-    "<|user|>\nGlue the sheet to the dark blue background.<|end|>\n<|assistant|>\nGlue the sheet to the dark blue "
-    "background, you must.<|end|>\n<|endoftext|>",
-]
+
+YODA = {key: [row[key] for row in YODA_ROWS] for key in ("prompt", "completion")}  # as columns
 
 
 @pytest.fixture

@@ -12,20 +12,7 @@ from trl_formatkit import batched_formatting_func, check_formatted_text, check_f
 from trl_formatkit.errors import FormatKitTypeError, FormatKitValueError
 from trl_formatkit.formats import template_markers
 
-BATCH_PROMPTS_COMPLETIONS = {
-    "prompt": ["What is the capital of Argentina?", "What is the capital of the United States?"],
-    "completion": ["Buenos Aires.", "Washington D.C."],
-}
-BATCH_MESSAGES = [
-    [
-        {"role": "user", "content": "What is the capital of Argentina?"},
-        {"role": "assistant", "content": "Buenos Aires."},
-    ],
-    [
-        {"role": "user", "content": "What is the capital of the United States?"},
-        {"role": "assistant", "content": "Washington D.C."},
-    ],
-]
+from book_facts import BATCH_MESSAGES, BATCH_PROMPTS_COMPLETIONS
 
 
 @pytest.fixture

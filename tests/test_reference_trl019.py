@@ -52,9 +52,8 @@ from trl_formatkit.errors import FormatKitWarning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = REPO_ROOT / "tests" / "reference" / "run_trl019.py"
-REF_PYTHON = Path(
-    os.environ.get("FORMATKIT_REF_PYTHON", Path(__file__).resolve().parents[2] / "ref-venv" / "bin" / "python")
-)
+from book_facts import REF_PYTHON
+
 # transformers 4.x cannot resolve the "TokenizersBackend"/"Qwen2Tokenizer" classes the shared configs name
 REF_TOKENIZER_CLASS = {
     "phi-3-mini": "LlamaTokenizerFast",
@@ -63,28 +62,7 @@ REF_TOKENIZER_CLASS = {
 }
 
 # -- the book's printed facts (shared/seeds/003_08e0fccea0e027a9.txt) ------------------------------------------
-YODA_TEXTS = [
-    "<|user|>\nThe birch canoe slid on the smooth planks.<|end|>\n<|assistant|>\nOn the smooth planks, the birch "
-    "canoe slid. Yes, hrrrm.<|end|>\n<|endoftext|>",
-    "<|user|>\nGlue the sheet to the dark blue background.<|end|>\n<|assistant|>\nGlue the sheet to the dark blue "
-    "background, you must.<|end|>\n<|endoftext|>",
-]
-YODA_IDS = [
-    [32010, 450, 29773, 305, 508, 7297, 2243, 333, 373, 278, 10597, 715, 1331, 29889, 32007, 32001, 1551, 278,
-     10597, 715, 1331, 29892, 278, 29773, 305, 508, 7297, 2243, 333, 29889, 3869, 29892, 298, 21478, 1758, 29889,
-     32007, 32000],
-    [32010, 8467, 434, 278, 9869, 304, 278, 6501, 7254, 3239, 29889, 32007, 32001, 8467, 434, 278, 9869, 304, 278,
-     6501, 7254, 3239, 29892, 366, 1818, 29889, 32007, 32000],
-]
-DUMMY_CHAT = "<|user|>Hello\n<|assistant|>How are you?\n<|user|>I'm fine! You?\n<|assistant|>I'm fine too!\n<|endoftext|>"
-DUMMY_IDS = [32010, 15043, 13, 32001, 1128, 526, 366, 29973, 13, 32010, 306, 29915, 29885, 2691, 29991, 887, 29973, 13,
-             32001, 306, 29915, 29885, 2691, 2086, 29991, 13, 32000]
-LLAMA_PROMPT = "### User: Hello\n\n### Assistant: Hi, how can I help you?"
-LLAMA_IDS = [1, 835, 4911, 29901, 15043, 13, 13, 2277, 29937, 4007, 22137, 29901, 6324, 29892, 920, 508, 306, 1371,
-             366, 29973]
-# After tokenizer.add_special_tokens({"additional_special_tokens": ["### Assistant:"]}), as printed by the book
-# (transformers 4.x). transformers 5 drops the 29871 ("▁") after the new special token; the book's ids are used.
-LLAMA_SPECIAL_IDS = [1, 835, 4911, 29901, 15043, 13, 13, 32000, 29871, 6324, 29892, 920, 508, 306, 1371, 366, 29973]
+from book_facts import DUMMY_CHAT, DUMMY_IDS, LLAMA_IDS, LLAMA_PROMPT, LLAMA_SPECIAL_IDS, YODA_IDS, YODA_TEXTS
 
 
 @dataclass

@@ -1095,7 +1095,7 @@ def test_setup_chat_format_errors(load_tokenizer):
 # against the original: trl 0.19.1's setup_chat_format in its own interpreter (dev-time; skipped where absent)
 # ---------------------------------------------------------------------------------------------------------------
 
-REF_PYTHON = Path(__import__("os").environ.get("FORMATKIT_REF_PYTHON", "/work/ref-venv/bin/python"))
+from book_facts import REF_PYTHON  # noqa: E402
 _REF_SCRIPT = r"""
 import json, sys, torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel

@@ -1,7 +1,7 @@
 """Run trl 0.19.1's original ``DataCollatorForCompletionOnlyLM`` on batches given as JSON; print its batches as JSON.
 
 A dev-time reference for ``tests/test_reference_trl019.py``. It runs under a *separate* interpreter that has trl
-0.19.x and transformers 4.x (``/work/ref-venv/bin/python tests/reference/run_trl019.py < request.json``), since
+0.19.x and transformers 4.x (``../ref-venv/bin/python tests/reference/run_trl019.py < request.json``), since
 trl removed the collator in 0.20 and it cannot be imported next to a current trl. Token ids come from the caller,
 so both collators see identical rows; the tokenizer here only encodes string templates and gives the pad id and
 padding side.
