@@ -7,9 +7,6 @@ the end (skipped without CUDA) checks the varlen kernel itself in bf16.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from trl_formatkit.attention import (
     varlen_kernel_available,
 )
 from trl_formatkit.errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning
+from helpers import run_python_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ATOL = RTOL = 1e-4
@@ -559,9 +557,7 @@ def test_import_does_not_pull_trl_or_datasets():
         "after = sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'datasets'))\n"
         "print(json.dumps({'before': before, 'after': after}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_python_json(code)
     assert out == {"before": [], "after": []}, out
 
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from book_facts import MESSAGES as BOOK_MESSAGES
 from book_facts import YODA_ROWS, YODA_TEXTS
+from helpers import run_python_json
 
 
 def qa(row):
@@ -515,9 +513,7 @@ def test_formats_package_imports_and_works_without_trl_or_datasets():
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'datasets'))\n"
         "print(json.dumps({'heavy': heavy, 'names': names, 'd': d, 'b': b}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_python_json(code)
     assert out["heavy"] == [], f"the formats package pulled in {out['heavy']}"
     assert out["d"] == "alpaca" and out["b"] == ["x", "y"] and "chatml" in out["names"]
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,7 @@ from book_facts import (
     YODA_ROWS,
     YODA_TEXTS,
 )
+from helpers import run_python_json
 
 YODA = {key: [row[key] for row in YODA_ROWS] for key in ("prompt", "completion")}  # as columns
 
@@ -77,9 +77,7 @@ def test_format_mapping_is_built_lazily_without_importing_datasets_first():
         "after = 'datasets' in sys.modules\n"
         "print(json.dumps({'before': before, 'after': after, 'same': FORMAT_MAPPING is m.FORMAT_MAPPING}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"before": False, "after": True, "same": True}
+    assert run_python_json(code) == {"before": False, "after": True, "same": True}
 
 
 def test_unknown_module_attribute_raises_attribute_error():

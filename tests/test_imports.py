@@ -6,13 +6,11 @@ imported by other tests), so what a module pulls in at import time is seen exact
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 from pathlib import Path
 
 import pytest
+from helpers import run_python_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,22 +19,9 @@ LIGHT_MODULES = ("trl_formatkit", "trl_formatkit.collators", "trl_formatkit.mask
 HEAVY = ("trl", "datasets")
 
 
-def _run(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter from the repo root; it prints one JSON object on its last line."""
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"subprocess failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("module", LIGHT_MODULES)
 def test_light_module_does_not_import_trl_or_datasets(module):
-    out = _run(
+    out = run_python_json(
         "import importlib, json, sys\n"
         f"importlib.import_module({module!r})\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
@@ -60,13 +45,13 @@ def test_building_and_calling_the_collator_stays_light():
         "    c([[2, 4, 3, 4, 1], [2, 4, 3, 1]])\n"
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
     )
-    out = _run(code)
+    out = run_python_json(code)
     assert out == [], f"building/calling the collator loaded {out}"
 
 
 def test_every_public_name_resolves():
     """``trl_formatkit.__all__`` is read at run time, so names other modules add are covered as they land."""
-    out = _run(
+    out = run_python_json(
         "import json, trl_formatkit\n"
         "bad = {}\n"
         "for name in trl_formatkit.__all__:\n"

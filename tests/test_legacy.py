@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
+from helpers import run_python_json
 
 pytest.importorskip("trl")
 
@@ -33,9 +33,7 @@ print(json.dumps({
 
 
 def test_book_imports_work_after_patch_trl():
-    proc = subprocess.run([sys.executable, "-c", BOOK_IMPORTS], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_python_json(BOOK_IMPORTS, timeout=300)
     assert out["before"] is False  # trl 1.x really removed it
     assert "trl.DataCollatorForCompletionOnlyLM" in out["added"] and "trl.setup_chat_format" in out["added"]
     assert "trl.extras.dataset_formatting" in out["added"]

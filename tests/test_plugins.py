@@ -26,6 +26,7 @@ import pytest
 from trl_formatkit import Format, FormatRegistry, hookimpl
 from trl_formatkit.errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning
 from trl_formatkit.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, PLUGINS_ENV_VAR, PluginHost
+from helpers import run_python_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SOURCES = (
@@ -418,6 +419,4 @@ def test_plugin_modules_import_without_trl_or_datasets(module):
         "    m.load_plugins()  # loading the built-ins stays light too\n"
         "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] in ('trl', 'datasets'))))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert run_python_json(code) == []

@@ -10,7 +10,6 @@ import copy
 import json
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from trl_formatkit import (
     setup_chat_format,
 )
 from trl_formatkit._toy import toy_tokenizer
+from helpers import run_python_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAT = [
@@ -48,11 +48,10 @@ CHAT = [
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def tiny_llama(vocab_size: int = 32000, **kwargs):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def _tiny(config_cls, model_cls, vocab_size: int, **kwargs):
+    """A 2-layer, hidden-32 random-weight model (no hub)."""
     torch.manual_seed(0)
-    config = LlamaConfig(
+    config = config_cls(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -61,24 +60,20 @@ def tiny_llama(vocab_size: int = 32000, **kwargs):
         num_key_value_heads=2,
         **kwargs,
     )
-    return LlamaForCausalLM(config)
+    return model_cls(config)
+
+
+def tiny_llama(vocab_size: int = 32000, **kwargs):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _tiny(LlamaConfig, LlamaForCausalLM, vocab_size, **kwargs)
 
 
 def tiny_phi3(vocab_size: int = 32000, **kwargs):
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    torch.manual_seed(0)
     kwargs.setdefault("pad_token_id", None)  # Phi3Config's default 32000 lies outside a 32000-row embedding
-    config = Phi3Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        **kwargs,
-    )
-    return Phi3ForCausalLM(config)
+    return _tiny(Phi3Config, Phi3ForCausalLM, vocab_size, **kwargs)
 
 
 def tiny_gpt2(vocab_size: int = 50368):
@@ -118,9 +113,7 @@ def test_import_and_use_do_not_load_trl_or_datasets():
         "used = sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'datasets'))\n"
         "print(json.dumps([loaded, used]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    loaded, used = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded, used = run_python_json(code)
     assert loaded == [], f"import trl_formatkit.special_tokens loaded {loaded}"
     assert used == [], f"auditing and fixing loaded {used}"
 
@@ -130,9 +123,7 @@ def test_import_does_not_load_transformers_or_torch():
         "import json, sys\nimport trl_formatkit.special_tokens\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert run_python_json(code) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
