@@ -466,6 +466,14 @@ def _segments_from_tokens(
 # ----------------------------------------------------------------------------------------------------------------
 # the two ways to compute it
 # ----------------------------------------------------------------------------------------------------------------
+def _repeat_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention: repeat each key/value head for the query heads that share it."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep == 1:
+        return k, v
+    return k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+
+
 def _run_kernel(
     kernel: _Kernel,
     q: torch.Tensor,
@@ -477,14 +485,11 @@ def _run_kernel(
     window: int | None,
 ) -> torch.Tensor:
     """``varlen_attn`` on (tokens, heads, dim) tensors, adapting to what this torch's version takes."""
-    n_rep = q.shape[1] // k.shape[1]
     kw: dict[str, Any] = {}
-    if n_rep > 1:
-        if "enable_gqa" in kernel.params:
-            kw["enable_gqa"] = True
-        else:
-            k = k.repeat_interleave(n_rep, dim=1)
-            v = v.repeat_interleave(n_rep, dim=1)
+    if q.shape[1] != k.shape[1] and "enable_gqa" in kernel.params:
+        kw["enable_gqa"] = True
+    else:
+        k, v = _repeat_kv(q, k, v)
     if scaling is not None:
         if "scale" in kernel.params:
             kw["scale"] = scaling
@@ -521,10 +526,7 @@ def _run_per_sequence(
     dropout: float,
 ) -> torch.Tensor:
     """The exact reference: ``scaled_dot_product_attention`` on each sequence of (tokens, heads, dim) tensors."""
-    n_rep = q.shape[1] // k.shape[1]
-    if n_rep > 1:
-        k = k.repeat_interleave(n_rep, dim=1)
-        v = v.repeat_interleave(n_rep, dim=1)
+    k, v = _repeat_kv(q, k, v)
     bounds_q, bounds_k = seg.cu_q.tolist(), seg.cu_k.tolist()
     outs = []
     for (q0, q1), (k0, k1) in zip(zip(bounds_q, bounds_q[1:]), zip(bounds_k, bounds_k[1:]), strict=True):
