@@ -29,6 +29,7 @@ from .masking import (
     as_template_list,
     completion_mask_from_templates,
     cu_seq_lens_from_lengths,
+    labels_from_mask,
     position_ids_from_lengths,
     real_token_mask,
     seq_idx_from_lengths,
@@ -213,7 +214,7 @@ class DataCollatorForCompletionOnlyLM:
             if problem.any():
                 mask &= ~np.repeat(problem, seq_lengths)  # trl's behaviour: such a row trains nothing
             self._report(flat, seq_lengths, starts, has_response, has_instruction, empty)
-        labels = np.where(mask, flat, np.int64(self.ignore_index))
+        labels = labels_from_mask(flat, mask, self.ignore_index)
 
         if self.padding_free:
             out = self._flat_batch(flat, labels, seq_lengths)
@@ -357,7 +358,7 @@ class DataCollatorForCompletionOnlyLM:
             ids = _ids_in_text(self.tokenizer, text, in_text[0].strip())
             hint = "set match_in_context=True (the default), " if not self.match_in_context else ""
             line += (
-                f"\n  The template text is in the row but tokenizes differently there"
+                "\n  The template text is in the row but tokenizes differently there"
                 + (f" (as {ids})" if ids else "")
                 + f". Fix: {hint}pass the ids as they appear in the row"
                 + (f" (response_template={ids})" if ids and name == "response_template" else "")
