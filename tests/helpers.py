@@ -78,7 +78,13 @@ def codes(report: Any, severity: str = "problem") -> list[str]:
 
 
 def finding(report: Any, code: str) -> Any:
-    """The first finding with ``code``; fails the test when there is none."""
+    """The first finding with ``code``; fails the test when there is none, or when its severity is not the one the
+    audit's table (``special_tokens.CHECKS``) declares for it."""
+    from trl_formatkit.special_tokens import CHECKS
+
+    check = {c.code: c for c in CHECKS}[code]
     found = [f for f in report.problems + report.notes if f.code == code]
     assert found, f"{code} not in {report.codes}"
+    allowed = {check.severity} | ({"problem"} if check.problem_when else set())
+    assert found[0].severity in allowed, f"{code} is a {found[0].severity}; the table says {sorted(allowed)}"
     return found[0]

@@ -7,6 +7,7 @@ Real tokenizers come through the ``load_tokenizer`` fixture; models are tiny ran
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from trl_formatkit import (
     fix_special_tokens,
 )
 from trl_formatkit._toy import toy_tokenizer
-from helpers import CHAT, codes, finding, run_python_json
+from helpers import CHAT, codes, finding, run_python_json, tiny_gpt2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,18 +93,40 @@ def test_phi3_end_of_turn_is_end_token_not_in_eos(load_tokenizer):
     assert "no-end-of-turn" not in report.codes
 
 
-def test_qwen2_pad_and_bos_equal_eos_and_im_end_is_the_end_of_turn(load_tokenizer):
+def test_qwen2_pad_equals_eos_and_im_end_is_the_end_of_turn(load_tokenizer):
     report = audit_tokenizer(load_tokenizer("qwen2"))
-    assert codes(report) == ["pad-equals-eos", "bos-equals-eos"]
+    assert codes(report) == ["pad-equals-eos"]
     assert finding(report, "end-of-turn-not-eos").values["end_of_turn"] == "<|im_end|>"
     assert "padding-right" in codes(report, "note")
 
 
 def test_gpt2_pathologies(load_tokenizer):
     report = audit_tokenizer(load_tokenizer("gpt2"))
-    assert codes(report) == ["pad-missing", "bos-equals-eos", "chat-template-missing"]
+    assert codes(report) == ["pad-missing", "chat-template-missing"]
     assert "'<pad>' (new token)" in finding(report, "pad-missing").fix
-    assert "'<|im_start|>' (new token)" in finding(report, "bos-equals-eos").fix
+
+
+@pytest.mark.parametrize("name", ["phi-3-mini", "llama-2", "gpt2", "qwen2", "llama-3"])
+def test_bos_equal_to_eos_is_a_note_where_nothing_writes_bos(load_tokenizer, name):
+    """gpt2 and qwen2 ship BOS == EOS, but neither their template nor their post-processor writes BOS: the token
+    never reaches the model, so it breaks nothing (the audit used to fail both on it)."""
+    tok = load_tokenizer(name)
+    report = audit_tokenizer(tok)
+    assert "bos-equals-eos" not in codes(report)
+    if name in ("gpt2", "qwen2"):
+        f = finding(report, "bos-equals-eos")
+        assert f.severity == "note" and "nothing writes BOS" in f.message and f.values["written_by"] == []
+        assert tok(tok.apply_chat_template(CHAT, tokenize=False) if tok.chat_template else "hi").input_ids[0] != (
+            tok.bos_token_id
+        )
+
+
+def test_bos_equal_to_eos_that_is_written_says_so(load_tokenizer):
+    tok = load_tokenizer("qwen2")
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    f = finding(audit_tokenizer(tok), "bos-equals-eos")
+    assert f.values["written_by"] == ["the chat template"] and "every sample starts with EOS" in f.message
+    assert "bos_token: '<|endoftext|>' -> '<|im_start|>'" in f.fix
 
 
 def test_llama3_pad_missing_fix_names_a_reserved_token(load_tokenizer):
@@ -117,6 +140,13 @@ def test_unk_equal_to_eos_is_a_problem():
     report = audit_tokenizer(tok)
     assert "unk-equals-eos" in codes(report)
     assert "'<unk>' (new token)" in finding(report, "unk-equals-eos").fix
+
+
+def test_unk_equal_to_eos_is_a_note_where_unk_cannot_happen(load_tokenizer):
+    """Byte-level BPE never produces UNK, so an UNK equal to EOS never ends a text."""
+    tok = load_tokenizer("gpt2")
+    tok.unk_token = tok.eos_token
+    assert finding(audit_tokenizer(tok), "unk-equals-eos").severity == "note"
 
 
 def test_eos_missing_is_reported_and_fix_refuses_it():
@@ -215,6 +245,15 @@ def test_only_last_turn_ended_is_a_note(load_tokenizer):
     assert "end-of-turn-only-last" in codes(report, "note")
 
 
+def test_template_that_rewrites_the_text_skips_the_end_of_turn_checks(load_tokenizer):
+    tok = fix_special_tokens(load_tokenizer("llama-2"))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] | upper + eos_token }}{% endfor %}"
+    report = audit_tokenizer(tok)
+    assert finding(report, "template-rewrites-content").values == {"sample": "Santiago."}
+    assert finding(report, "pad-equals-unk").values == {"pad_token": "<unk>", "pad_token_id": 0}
+    assert report.ok
+
+
 def test_template_that_does_not_render_is_a_problem_in_the_audit(load_tokenizer):
     tok = fix_special_tokens(load_tokenizer("llama-2"))
     tok.chat_template = "{% for m in messages %}{{ raise_exception('roles must alternate') }}{% endfor %}"
@@ -283,6 +322,54 @@ def test_report_prints_as_a_table_and_renders_html(load_tokenizer):
     assert "pad-equals-eos" in console.export_text()
     data = report.to_dict()
     assert json.loads(json.dumps(data))["problems"][0]["code"] == "pad-equals-eos"
+
+
+def test_report_does_not_break_words_at_80_columns(load_tokenizer):
+    """A table column used to fold 'DataCollatorForLanguageModeling' into 'DataCollatorF / orLanguageMode / ling'."""
+    from rich.console import Console
+
+    console = Console(record=True, width=80, color_system=None)
+    console.print(audit_tokenizer(load_tokenizer("phi-3-mini")))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "(DataCollatorForLanguageModeling)" in text
+    assert "problem (breaks training)  pad-equals-eos" in text and "note (worth knowing)" in text
+
+
+def test_report_shows_markup_from_data_as_text(load_tokenizer):
+    """A special token such as '[/PAD]' used to raise rich.errors.MarkupError in str(report)."""
+    tok = load_tokenizer("llama-2")
+    tok.add_special_tokens({"pad_token": "[/PAD]"})
+    tok.name_or_path = "[red]x"
+    report = audit_tokenizer(tok)
+    text = str(report)
+    assert "'[/PAD]'" in text and "special tokens of [red]x" in text
+
+
+def test_to_dict_is_json_with_a_severity_per_finding(load_tokenizer):
+    report = audit_tokenizer(load_tokenizer("gpt2"), tiny_gpt2(50368))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data) == {"name", "purpose", "ok", "special_tokens", "problems", "notes"}
+    assert data["ok"] is False and data["purpose"] == "training"
+    for severity in ("problems", "notes"):
+        for item in data[severity]:
+            assert set(item) == {"code", "severity", "message", "values", "fix"}
+            assert item["severity"] == severity[:-1]
+    assert [f["code"] for f in data["problems"]] == report.codes[: len(report.problems)]
+
+
+def test_the_table_is_the_docstring_and_each_check_is_tested():
+    """Every code is declared once in CHECKS, listed in audit_tokenizer's docstring, and found by a test here."""
+    from trl_formatkit.special_tokens import CHECKS
+
+    table = [check.code for check in CHECKS]
+    assert len(table) == len(set(table))
+    for check in CHECKS:
+        assert f"``{check.code}`` ({check.severity}" in audit_tokenizer.__doc__
+    here = Path(__file__).parent
+    tested = "".join(p.read_text() for p in here.glob("test_special_tokens*.py"))
+    untested = [code for code in table if f'"{code}"' not in tested]
+    assert untested == []
 
 
 def test_raise_for_problems(load_tokenizer):

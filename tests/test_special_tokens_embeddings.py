@@ -56,7 +56,7 @@ def test_phi3_tokenizer_larger_than_embeddings_is_reported_and_resized(load_toke
 
 
 def test_never_shrinks(load_tokenizer):
-    tok = fix_special_tokens(load_tokenizer("gpt2"))
+    tok = fix_special_tokens(load_tokenizer("gpt2"), extra_special_tokens=["<tool_call>"])
     assert len(tok) == 50259
     model = tiny_gpt2(50368)
     before = model.get_input_embeddings().weight.detach().clone()
@@ -64,8 +64,8 @@ def test_never_shrinks(load_tokenizer):
     assert rows(model) == 50368
     assert torch.equal(model.get_input_embeddings().weight, before)
     assert new_ids == [50257, 50258]  # fix_special_tokens' new tokens sit in empty (untrained) slots
-    assert model.config.pad_token_id == tok.pad_token_id == 50258
-    assert model.config.bos_token_id == 50257 and model.config.eos_token_id == 50256
+    assert model.config.pad_token_id == tok.pad_token_id == 50257
+    assert model.config.bos_token_id == 50256 == model.config.eos_token_id  # GPT-2's own BOS, never written
 
 
 def test_resize_keeps_power_of_two_multiple_and_honours_an_explicit_one(load_tokenizer):
@@ -179,7 +179,7 @@ def test_resize_refuses_peft_wrapped_embeddings(load_tokenizer):
 @pytest.mark.parametrize("tied", [True, False])
 def test_lora_kwargs_train_exactly_the_new_rows(load_tokenizer, tied):
     peft = pytest.importorskip("peft", reason="peft is the [peft] extra")
-    tok = fix_special_tokens(load_tokenizer("gpt2"))  # two new tokens
+    tok = fix_special_tokens(load_tokenizer("gpt2"), extra_special_tokens=["<tool_call>"])  # two new tokens
     model = tiny_llama(50257, tie_word_embeddings=tied)
     new_ids = resize_embeddings(model, tok)
     assert new_ids == [50257, 50258] and rows(model) == 50258 - 1 + 2  # 50257 is odd: multiple of 1
@@ -255,3 +255,23 @@ def test_quantised_output_layer_is_a_clear_error(load_tokenizer):
     model.lm_head = bnb.nn.Linear4bit(32, 32000, bias=False)
     with pytest.raises(FormatKitTypeError, match=r"output embedding \(lm_head\) is quantised \(Linear4bit\)"):
         resize_embeddings(model, load_tokenizer("phi-3-mini"))
+
+
+def test_new_token_record_survives_save_and_load(load_tokenizer, tmp_path):
+    """A token put into an empty embedding slot stays 'untrained' after save_pretrained + from_pretrained (it used
+    to come back as [] and new_token_lora_kwargs then gave {}: that row was never trained)."""
+    pytest.importorskip("peft", reason="peft is the [peft] extra")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = fix_special_tokens(load_tokenizer("phi-3-mini"), extra_special_tokens=["<tool_call>"])
+    model = tiny_phi3(32064)
+    assert resize_embeddings(model, tok) == [32011] and rows(model) == 32064  # an empty slot: no resize
+    tok.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    tok2, model2 = AutoTokenizer.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert resize_embeddings(model2, tok2) == [32011]
+    assert new_token_lora_kwargs(model2, [32011]) == new_token_lora_kwargs(model, [32011]) != {}
+    # a second fix on the reloaded tokenizer adds to the record, and the reloaded copy can be saved again
+    fix_special_tokens(tok2, extra_special_tokens=["</tool_call>"])
+    tok2.save_pretrained(tmp_path / "again")
+    assert resize_embeddings(tiny_phi3(32064), AutoTokenizer.from_pretrained(tmp_path / "again")) == [32011, 32012]

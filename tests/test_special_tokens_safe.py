@@ -105,7 +105,7 @@ def test_safe_tokenizer_round_trip_through_save_pretrained(load_tokenizer, tmp_p
     original_class = type(load_tokenizer(name))
     tok = safe_tokenizer(load_tokenizer(name)).fix()
     if tok.chat_template is None:
-        add_chat_template(tok)
+        add_chat_template(tok, "zephyr")  # their BOS is EOS (never written): the chapter's ChatML would write it
     tok.save_pretrained(tmp_path)
     assert type(tok).__name__.startswith("Safe")  # still safe after saving
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
@@ -127,9 +127,9 @@ def test_fixed_gpt2_round_trip_keeps_new_tokens(load_tokenizer, tmp_path):
     tok = fix_special_tokens(load_tokenizer("gpt2"), extra_special_tokens=["##[YODA]##>"])
     tok.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert len(reloaded) == 50260
-    assert reloaded.encode("<|im_start|>hi<pad>##[YODA]##>") == [50257, 5303, 50258, 50259]
-    assert (reloaded.bos_token, reloaded.pad_token) == ("<|im_start|>", "<pad>")
+    assert len(reloaded) == 50259
+    assert reloaded.encode("hi<pad>##[YODA]##>") == [5303, 50257, 50258]
+    assert (reloaded.bos_token, reloaded.pad_token) == ("<|endoftext|>", "<pad>")
 
 
 def test_safe_tokenizer_survives_deepcopy_and_pickle(load_tokenizer):

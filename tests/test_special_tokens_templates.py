@@ -40,8 +40,9 @@ CHAPTER_RENDERED = "<|im_start|>user\nWhat is the capital of Argentina?</s>\n<|i
 
 
 def opt_like_tokenizer():
-    """OPT's special tokens as the chapter prints them: BOS = EOS = UNK = '</s>', PAD '<pad>'."""
-    return toy_tokenizer(bos_token="</s>", unk_token="</s>", pad_token="<pad>")
+    """OPT's special tokens as the chapter prints them: BOS = EOS = UNK = '</s>', PAD '<pad>'; like OPT's, the
+    tokenizer writes its BOS in front of every text."""
+    return toy_tokenizer(bos_token="</s>", unk_token="</s>", pad_token="<pad>", add_bos=True)
 
 
 def test_add_chat_template_reproduces_the_chapter():
@@ -94,9 +95,9 @@ def test_named_templates(load_tokenizer):
 
 
 def test_add_chat_template_errors(load_tokenizer):
-    tok = load_tokenizer("gpt2")  # BOS == EOS: the chapter's ChatML needs fix_special_tokens first
-    with pytest.raises(FormatKitValueError, match=r"call fix_special_tokens\(tokenizer\) first"):
-        add_chat_template(tok)
+    tok = load_tokenizer("gpt2")  # BOS == EOS: the chapter's ChatML needs a BOS of its own
+    with pytest.raises(FormatKitValueError, match=r"give the tokenizer its own BOS first"):
+        add_chat_template(fix_special_tokens(tok))  # the fix leaves GPT-2's unwritten BOS alone
     with pytest.raises(FormatKitValueError, match=r"needs \['<\|im_start\|>', '<\|im_end\|>'\]"):
         add_chat_template(tok, "chatml")
     with pytest.raises(FormatKitKeyError, match="unknown chat template 'chatm'. Did you mean 'chatml'"):

@@ -455,11 +455,11 @@ CHECKS: tuple[Check, ...] = (
           "PAD == EOS: a collator that masks the pad id (transformers' DataCollatorForLanguageModeling) gives "
           "every EOS the label -100, so the model never learns to stop", _FIX_PLAN, _pad_equals_eos),
     Check("pad-equals-unk", "note", "PAD == UNK: fine, as the chapter does", "", _pad_equals_unk),
-    Check("bos-equals-eos", "problem",
+    Check("bos-equals-eos", "note",
           "BOS == EOS: harmless where nothing writes BOS (GPT-2, Qwen2); where something does, every sample "
           "starts with EOS", _FIX_PLAN, _bos_equals_eos),
-    Check("unk-equals-eos", "problem", "UNK == EOS: every unknown character would end the text", _FIX_PLAN,
-          _unk_equals_eos),
+    Check("unk-equals-eos", "note", "UNK == EOS: every unknown character would end the text", _FIX_PLAN,
+          _unk_equals_eos, (_unk_reachable, "the tokenizer can produce UNK")),
     Check("padding-right", "note", "right padding: fine for training, wrong for batched generation",
           "tokenizer.padding_side = 'left'", _padding_right, (_for_generation, "purpose='generation'")),
     Check("chat-template-missing", "problem", "no chat template: conversational datasets fail",

@@ -56,8 +56,9 @@ def _chatml_bos_eos(tokenizer: Any, eos: str, generation_markers: bool) -> str:
     if bos is None or bos == eos:
         raise FormatKitValueError(
             f"the chapter's ChatML opens each turn with BOS, but BOS is {bos!r}"
-            f"{' (the EOS token)' if bos is not None else ''}; call fix_special_tokens(tokenizer) first (BOS "
-            "becomes '<|im_start|>'), or use add_chat_template(tokenizer, 'zephyr')"
+            f"{' (the EOS token)' if bos is not None else ''}; give the tokenizer its own BOS first "
+            "(tokenizer.add_special_tokens({'bos_token': '<|im_start|>'}), then resize_embeddings(model, tokenizer)),"
+            " or use add_chat_template(tokenizer, 'zephyr'), or setup_chat_format(model, tokenizer)"
         )
     return chatml(bos, eos, generation_markers=generation_markers)
 
@@ -145,8 +146,8 @@ def add_chat_template(tokenizer: Any, template: str | None = None, *, generation
     ``BOS + role + "\\n" + content + EOS + "\\n"``, using the tokenizer's own BOS and EOS, so no token is added.
     With ``generation_markers=True`` (default) the assistant's content and its EOS sit inside
     ``{% generation %}`` so ``return_assistant_tokens_mask`` / trl's ``assistant_only_loss`` train the answer
-    and the stop; the rendered text is the same either way. Call :func:`fix_special_tokens` first when BOS
-    equals EOS. Where the tokenizer adds BOS by itself (Llama), rendered text starts with BOS already: tokenize
+    and the stop; the rendered text is the same either way. Where BOS equals EOS, give the tokenizer a BOS of
+    its own first (or use ``"zephyr"``). Where the tokenizer adds BOS by itself (Llama), rendered text starts with BOS already: tokenize
     it with ``add_special_tokens=False`` (:func:`audit_tokenizer` reports this as ``double-bos``), or use
     ``apply_chat_template(..., tokenize=True)``.
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FormatKitTypeError, FormatKitValueError
+from .probe import bos_writers
 from .vocab import extra_special_tokens as existing_extras
 from .vocab import (
     Vocab,
@@ -87,7 +88,7 @@ def plan_fix(
     old_bos, old_unk, old_pad = tok(tokenizer.bos_token), tok(tokenizer.unk_token), tok(tokenizer.pad_token)
     bos, unk = old_bos, (unk_token if unk_token is not None else old_unk)
     reasons = {}
-    writers = ["it"] if bos == eos else []
+    writers = bos_writers(tokenizer) if bos == eos else []
     if writers:  # a BOS nothing writes is left alone: no token invented
         bos, reasons["bos_token"] = _not_eos("alternative_bos_token", alternative_bos_token, eos), (
             f"BOS was EOS and {' and '.join(writers)} writes it"
@@ -229,4 +230,6 @@ def fix_special_tokens(
     added = {str(t): i for t, i in zip(tokenizer.convert_ids_to_tokens(list(range(start, len(tokenizer)))),
                                         range(start, len(tokenizer)), strict=True)}  # fmt: skip
     summary = FixSummary(added=added, moved=plan.changes, reasons=plan.reasons)
+    if summary.added or summary.moved:
+        logger.log(logging.WARNING if summary.needs_resize else logging.INFO, "%s", summary)
     return (tokenizer, summary) if return_summary else tokenizer
