@@ -148,6 +148,13 @@ def _first_rows(data: Any, n: int) -> tuple[dict[str, list], list[str]]:
     if isinstance(data, Sequence) and data and all(isinstance(row, Mapping) for row in data):
         rows = list(data)[:n]
         keys = list(rows[0])
+        for i, row in enumerate(rows[1:], start=1):
+            if set(row) != set(keys):
+                raise FormatKitValueError(
+                    f"row {i} has the keys {sorted(row)} but row 0 has {sorted(keys)}; a batch needs the same keys "
+                    "in every row (as a datasets.Dataset has): add the missing keys (e.g. with None) or pass a "
+                    "Dataset"
+                )
         return {key: [row[key] for row in rows] for key in keys}, keys
     raise FormatKitTypeError(
         f"check_formatting_func takes a datasets.Dataset, a batch dict or a list of rows, got {type(data).__name__}"
