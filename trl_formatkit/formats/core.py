@@ -137,7 +137,12 @@ class _RenamingConverter:
     mapping: Mapping[str, str]
 
     def __call__(self, row: Mapping[str, Any]) -> list[dict]:
-        return self.to_messages({self.mapping.get(key, key): value for key, value in row.items()})
+        return self.to_messages(rename_keys(row, self.mapping))
+
+
+def rename_keys(row: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """``row`` with its keys renamed by ``column_mapping`` (``{dataset_column: format_column}``)."""
+    return {mapping.get(key, key): value for key, value in row.items()}
 
 
 def columns_of(data: Any) -> list[str]:

@@ -274,6 +274,29 @@ class FormattedTextReport:
         return "\n".join([head, *(f"- {p}" for p in self.problems), *(f"- note: {n}" for n in self.notes)])
 
 
+def _check_markers(items: list[str], tokenizer: Any, problems: list[str], notes: list[str]) -> tuple:
+    """The texts missing the chat template's markers (appends the problem or a note); returns (markers, indices)."""
+    markers = template_markers(tokenizer)
+    without_markers: tuple[int, ...] = ()
+    if markers:
+        without_markers = tuple(i for i, text in enumerate(items) if not all(m in text for m in markers))
+        if without_markers:
+            first = without_markers[0]
+            missing = [m for m in markers if m not in items[first]]
+            problems.append(
+                f"{len(without_markers)} of {len(items)} texts do not use the tokenizer's chat-template markers "
+                f"{markers} (text {first} lacks {missing}: {preview(items[first])}). The model would learn a "
+                "format it is not prompted with at inference (apply_chat_template). Fix: format the messages with "
+                "tokenizer.apply_chat_template(messages, tokenize=False), or convert the rows with to_messages() "
+                "and let trl apply the template"
+            )
+    elif not getattr(tokenizer, "chat_template", None):
+        notes.append("the tokenizer has no chat template, so template markers were not checked")
+    else:
+        notes.append("the chat template could not be rendered for a user/assistant pair; markers were not checked")
+    return markers, without_markers
+
+
 def check_formatted_text(texts: Any, tokenizer: Any, *, dataset_text_field: str = "text") -> FormattedTextReport:
     """Check already formatted text against a tokenizer: template markers, EOS at the end, no double BOS.
 
@@ -313,29 +336,11 @@ def check_formatted_text(texts: Any, tokenizer: Any, *, dataset_text_field: str 
             f"{preview(items[bad[0]])}"
         )
 
-    markers = template_markers(tokenizer)
     eos = getattr(tokenizer, "eos_token", None)
     bos = getattr(tokenizer, "bos_token", None)
     notes: list[str] = []
     problems: list[str] = []
-
-    without_markers: tuple[int, ...] = ()
-    if markers:
-        without_markers = tuple(i for i, text in enumerate(items) if not all(m in text for m in markers))
-        if without_markers:
-            first = without_markers[0]
-            missing = [m for m in markers if m not in items[first]]
-            problems.append(
-                f"{len(without_markers)} of {len(items)} texts do not use the tokenizer's chat-template markers "
-                f"{markers} (text {first} lacks {missing}: {preview(items[first])}). The model would learn a "
-                "format it is not prompted with at inference (apply_chat_template). Fix: format the messages with "
-                "tokenizer.apply_chat_template(messages, tokenize=False), or convert the rows with to_messages() "
-                "and let trl apply the template"
-            )
-    elif not getattr(tokenizer, "chat_template", None):
-        notes.append("the tokenizer has no chat template, so template markers were not checked")
-    else:
-        notes.append("the chat template could not be rendered for a user/assistant pair; markers were not checked")
+    markers, without_markers = _check_markers(items, tokenizer, problems, notes)
 
     without_eos: tuple[int, ...] = ()
     if eos:
