@@ -147,9 +147,9 @@ def add_chat_template(tokenizer: Any, template: str | None = None, *, generation
     With ``generation_markers=True`` (default) the assistant's content and its EOS sit inside
     ``{% generation %}`` so ``return_assistant_tokens_mask`` / trl's ``assistant_only_loss`` train the answer
     and the stop; the rendered text is the same either way. Where BOS equals EOS, give the tokenizer a BOS of
-    its own first (or use ``"zephyr"``). Where the tokenizer adds BOS by itself (Llama), rendered text starts with BOS already: tokenize
-    it with ``add_special_tokens=False`` (:func:`audit_tokenizer` reports this as ``double-bos``), or use
-    ``apply_chat_template(..., tokenize=True)``.
+    its own first (or use ``"zephyr"``). Where the tokenizer adds BOS by itself (Llama), rendered text starts
+    with BOS already: tokenize it with ``add_special_tokens=False`` (:func:`audit_tokenizer` reports this as
+    ``double-bos``), or use ``apply_chat_template(..., tokenize=True)``.
 
     Args:
         tokenizer: the tokenizer (changed in place and returned).

@@ -76,13 +76,15 @@ def _not_eos(name: str, value: str | None, eos: str) -> str | None:
 
 def plan_fix(
     tokenizer: Any,
-    *,
-    alternative_bos_token: str | None = "<|im_start|>",
-    alternative_unk_token: str = "<unk>",
     pad_token: str | None = None,
     unk_token: str | None = None,
+    alternatives: tuple[str | None, str] = ("<|im_start|>", "<unk>"),
 ) -> Plan:
-    """The changes :func:`fix_special_tokens` makes, without making them (the audit quotes them as fixes)."""
+    """The changes :func:`fix_special_tokens` makes, without making them (the audit quotes them as fixes).
+
+    ``alternatives`` is ``(alternative_bos_token, alternative_unk_token)``.
+    """
+    alternative_bos_token, alternative_unk_token = alternatives
     vocab = Vocab(tokenizer)
     eos = _check_eos(tokenizer, vocab)
     old_bos, old_unk, old_pad = tok(tokenizer.bos_token), tok(tokenizer.unk_token), tok(tokenizer.pad_token)
@@ -211,13 +213,7 @@ def fix_special_tokens(
     """
     require_tokenizer(tokenizer)
     _token_lists(extra_special_tokens=extra_special_tokens, special_tokens=special_tokens, tokens=tokens)
-    plan = plan_fix(
-        tokenizer,
-        alternative_bos_token=alternative_bos_token,
-        alternative_unk_token=alternative_unk_token,
-        pad_token=pad_token,
-        unk_token=unk_token,
-    )
+    plan = plan_fix(tokenizer, pad_token, unk_token, (alternative_bos_token, alternative_unk_token))
     start = len(tokenizer)
     named = {name: new for name, (_, new) in plan.changes.items() if new is not None}
     extras = list(dict.fromkeys([*(extra_special_tokens or ()), *(special_tokens or ())]))
