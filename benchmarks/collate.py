@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -48,13 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import torch  # noqa: E402, F401  (loaded before the timed runs)
 
-import trl_formatkit  # noqa: E402
+import _results  # noqa: E402  (benchmarks/ is sys.path[0])
 from trl_formatkit import DataCollatorForCompletionOnlyLM  # noqa: E402
 
 SECTION = "## collate (CPU)"
-END_MARK = "<!-- end collate -->"
+END_MARK = _results.section_end("collate")
 RESPONSE, INSTRUCTION, END = "<|assistant|>", "<|user|>", "<|end|>"
 
 
@@ -228,32 +227,12 @@ def machine() -> str:
 
 
 def versions() -> str:
-    import transformers
-
-    parts = [f"python {platform.python_version()}", f"numpy {np.__version__}", f"torch {torch.__version__}",
-             f"transformers {transformers.__version__}"]
-    try:
-        import trl
-
-        parts.append(f"trl {trl.__version__}")
-    except ImportError:
-        parts.append("trl absent")
-    parts.append(f"trl_formatkit {trl_formatkit.__version__}")
-    return ", ".join(parts)
+    env = _results.versions("numpy", "torch", "transformers", "trl", "trl_formatkit")
+    return ", ".join(f"{k} {v}" for k, v in env.items())
 
 
 def fmt(x: float) -> str:
     return f"{x / 1e6:.2f} M"
-
-
-def update_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?" + re.escape(END_MARK) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:
@@ -334,7 +313,7 @@ def main() -> None:
     section = f"{SECTION}\n\n{header}\n\n{table}\n\n{note}\n{END_MARK}\n"
     print(section)
     if args.results:
-        update_results(Path(args.results), section)
+        _results.update_results(Path(args.results), "collate", section)
         print(f"written to {args.results}")
 
 

@@ -23,11 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import _results  # benchmarks/ is sys.path[0]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SECTION_START = "## to_messages (CPU)"
-SECTION_END = "<!-- end to_messages -->"
+SECTION_END = _results.section_end("to_messages")
 
 PROMPTS = ["The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background."]
 COMPLETIONS = [
@@ -88,14 +90,8 @@ def run(rows: int, repeats: int) -> tuple[list[tuple[str, float]], dict]:
     t, ours2 = best_of(repeats, lambda: to_messages(ds, num_proc=2, load_from_cache_file=False))
     results.append(("to_messages, num_proc=2", t))
     assert ours2["messages"] == baseline["messages"]
-    import pyarrow
-    import trl_formatkit
-
     env = {
-        "python": platform.python_version(),
-        "datasets": datasets.__version__,
-        "pyarrow": pyarrow.__version__,
-        "trl_formatkit": trl_formatkit.__version__,
+        **_results.versions("datasets", "pyarrow", "trl_formatkit"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or platform.system()})",
     }
     return results, env
@@ -125,19 +121,6 @@ def render(rows: int, repeats: int, results, env) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_START)
-    if start >= 0:
-        end = text.find(SECTION_END, start)
-        if end < 0:
-            raise SystemExit(f"{path}: found {SECTION_START!r} but not {SECTION_END!r}; fix it by hand")
-        text = text[:start] + section.rstrip("\n") + text[end + len(SECTION_END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000)
@@ -148,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(args.rows, args.repeats, results, env)
     print(section)
     if args.update_results:
-        update_results(args.update_results, section)
+        _results.update_results(args.update_results, "to_messages", section)
 
 
 if __name__ == "__main__":

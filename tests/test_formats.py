@@ -521,18 +521,15 @@ def test_formats_package_imports_and_works_without_trl_or_datasets():
 def test_trl_sft_trainer_templates_the_converted_instruction_rows(load_tokenizer, tmp_path):
     """End to end with trl's own SFTTrainer: string prompt/completion rows are concatenated untemplated; after
     to_messages they are tokenized through the chat template, giving the book's printed ids (In [40], row 0)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
+
+    from helpers import tiny_llama
 
     tokenizer = load_tokenizer("phi-3-mini")
     book_ids = [32010, 450, 29773, 305, 508, 7297, 2243, 333, 373, 278, 10597, 715, 1331, 29889, 32007, 32001, 1551,
                 278, 10597, 715, 1331, 29892, 278, 29773, 305, 508, 7297, 2243, 333, 29889, 3869, 29892, 298, 21478,
                 1758, 29889, 32007, 32000]  # fmt: skip
-    config = LlamaConfig(
-        vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(32064)
     args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
     ds = Dataset.from_list(YODA_ROWS[:1])
     plain = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)

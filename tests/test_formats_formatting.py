@@ -241,3 +241,10 @@ def test_to_messages_then_template_passes_the_check(tokenizer_phi):
     ds = to_messages(Dataset.from_dict(BATCH_PROMPTS_COMPLETIONS))
     texts = [tokenizer_phi.apply_chat_template(m, tokenize=False) for m in ds["messages"]]
     assert check_formatted_text(texts, tokenizer_phi).ok
+
+
+def test_check_formatting_func_on_rows_with_different_keys_names_the_row():
+    """Rows with different keys used to raise a bare KeyError: 'b'."""
+    rows = [{"a": "x", "b": "y"}, {"a": "z"}]
+    with pytest.raises(FormatKitValueError, match=r"row 1 has the keys \['a'\] but row 0 has \['a', 'b'\]"):
+        check_formatting_func(batched_formatting_func(lambda row: row["a"]), rows)

@@ -170,7 +170,7 @@ def test_a_failing_hook_is_named_in_a_warning_and_the_rest_still_load():
     assert reg.names() == names  # warned once: the next use is silent (filterwarnings = error)
 
 
-def test_a_plugin_may_replace_a_format_when_it_asks_to():
+def test_a_plugin_may_replace_a_format_when_it_asks_to_and_it_says_so():
     host = PluginHost(group=NO_GROUP)
     mine = _fmt("chatml", "messages", aliases=("my-chat",))
 
@@ -180,7 +180,78 @@ def test_a_plugin_may_replace_a_format_when_it_asks_to():
 
     host.register(_plugin("replacer", formatkit_register_formats=formatkit_register_formats))
     reg = FormatRegistry(plugins=host)
-    assert reg.get("chatml") is mine and reg.get("my-chat") is mine and "messages" not in reg
+    with pytest.warns(FormatKitWarning, match=r"plugin 'replacer' replaces the format 'chatml' that plugin 'builtin'"):
+        assert reg.get("chatml") is mine
+    assert reg.get("my-chat") is mine and "messages" not in reg
+
+
+def _interrupting_load(host: PluginHost, exc: BaseException, then: types.ModuleType, started=None, delay=0.0):
+    """Make ``host``'s entry-point step raise ``exc`` the first time, and register ``then`` the next time."""
+    import time
+
+    calls = []
+
+    def load_entry_points():
+        calls.append(1)
+        host._register(_plugin("half", formatkit_register_formats=_registering(_fmt("half-done"))), "half")
+        if started is not None:
+            started.set()
+        time.sleep(delay)
+        if len(calls) == 1 and exc is not None:
+            raise exc
+        host._register(then, then.__name__)
+
+    host._load_entry_points = load_entry_points
+    return calls
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(1)])
+def test_an_interrupted_first_load_leaves_nothing_half_loaded(exc):
+    """A Ctrl-C during the first load used to leave a partial registry for the life of the process."""
+    host = PluginHost(group=NO_GROUP)
+    late = _plugin("late", formatkit_register_formats=_registering(_fmt("late-format")))
+    calls = _interrupting_load(host, exc, late)
+    reg = FormatRegistry(plugins=host)
+    with pytest.raises(type(exc)):
+        reg.get("late-format")
+    assert not host._loaded and not host.pm.has_plugin("half")
+    assert reg.get("late-format").name == "late-format" and len(calls) == 2  # loaded again, whole
+    assert sorted(name for name, _ in host.pm.list_name_plugin()) == ["builtin", "half", "late"]
+
+
+def test_an_interrupt_inside_a_hook_is_not_remembered_as_applied():
+    host = PluginHost(group=NO_GROUP, builtins=())
+    calls = []
+
+    @hookimpl
+    def formatkit_register_formats(register):
+        calls.append(1)
+        register(_fmt("flaky"))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    host.register(_plugin("flaky", formatkit_register_formats=formatkit_register_formats))
+    reg = FormatRegistry(plugins=host)
+    with pytest.raises(KeyboardInterrupt):
+        reg.names()
+    assert reg.names() == ["flaky"]
+
+
+def test_a_thread_asking_during_the_first_load_waits_for_all_of_it():
+    """A second thread used to see the registry half loaded and get a spurious 'unknown format'."""
+    import threading
+
+    host = PluginHost(group=NO_GROUP)
+    started = threading.Event()
+    _interrupting_load(host, None, _plugin("slow", formatkit_register_formats=_registering(_fmt("slow-format"))),
+                       started=started, delay=0.3)  # fmt: skip
+    loader = threading.Thread(target=host.load)
+    loader.start()
+    assert started.wait(10)
+    try:
+        assert FormatRegistry(plugins=host).get("slow-format").name == "slow-format"
+    finally:
+        loader.join()
 
 
 def test_a_plugin_registered_after_first_use_is_applied_on_the_next_use():

@@ -42,7 +42,7 @@ from typing import Any
 
 import pluggy
 
-__all__ = ["PROJECT_NAME", "hookspec", "hookimpl", "formatkit_register_formats"]
+__all__ = ["PROJECT_NAME", "hookspec", "hookimpl", "formatkit_register_formats", "normalize_name"]
 
 #: The pluggy project name: hook markers and the plugin manager share it.
 PROJECT_NAME = "trl_formatkit"
@@ -52,6 +52,16 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 #: Marks a plugin's hook implementation: ``from trl_formatkit import hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+def normalize_name(name: str) -> str:
+    """The lookup key of a format or plugin name: lower case, ``_`` and spaces read as ``-``.
+
+    Example:
+        >>> normalize_name("Prompt_Completion")
+        'prompt-completion'
+    """
+    return "-".join(name.strip().lower().replace("_", "-").split())
 
 
 @hookspec

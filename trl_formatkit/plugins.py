@@ -9,11 +9,20 @@ called.
 - The built-in formats register through the same hook, from :mod:`trl_formatkit.formats.builtin`; they always load.
 - A plugin that fails (at import, at registration, or inside its hook) is named in one :class:`FormatKitWarning`, and
   the other plugins still load.
-- A hook name the project does not define (a misspelling, such as ``formatkit_register_format``) is caught by
-  pluggy's ``check_pending()`` and the plugin is skipped, with a warning that suggests the right name.
+- A hook name the project does not define (a misspelling, such as ``formatkit_register_format``: what pluggy's
+  ``check_pending()`` rejects) skips the plugin, with a warning that suggests the right name.
 - The environment variable ``FORMATKIT_PLUGINS`` restricts which installed plugins load: unset, all of them load;
   set to a comma-separated list of entry-point (or distribution) names, only those load; set to an empty string,
   none load (the built-ins still do).
+
+Loading leans on pluggy: each entry point is loaded and registered by ``load_setuptools_entrypoints`` (so
+``get_plugin_manager().list_plugin_distributions()`` lists them), excluded ones are ``set_blocked``. Loading is
+all-or-nothing and thread-safe: a ``KeyboardInterrupt`` / ``SystemExit`` during the first load leaves no partial
+registry (the next use loads again), and a thread that asks while another loads waits for the whole load.
+
+Security: like any entry-point system, every installed distribution that declares the group is imported on
+first use, including a ``*.dist-info`` folder in the current directory (it is on ``sys.path`` when Python runs
+from there). ``FORMATKIT_PLUGINS=`` (set and empty) turns third-party plugins off; the built-ins still load.
 
 This module imports only :mod:`pluggy` and the standard library.
 
@@ -31,19 +40,17 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-import sys
 import threading
 import types
-import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import pluggy
 
 from . import hookspecs
-from .errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning
-from .hookspecs import PROJECT_NAME
+from .errors import FormatKitTypeError, FormatKitValueError, warn
+from .hookspecs import PROJECT_NAME, normalize_name
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -91,21 +98,73 @@ class PluginInfo:
     error: str | None = None
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+def _plugin_key(name: str) -> str:
+    """Entry-point and distribution names compare like distribution names (PEP 503: ``.`` and ``_`` read as ``-``)."""
+    return normalize_name(name.replace(".", "-"))
 
 
-def _external_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first caller outside trl_formatkit (the user's line)."""
-    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
-    level = 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
-        frame = frame.f_back
-        level += 1
-    return level
+def _entry_points(group: str) -> list[tuple[Any, PluginInfo]]:
+    """The group's entry points with what we know of each, in the order pluggy's loader visits them."""
+    import importlib.metadata
+
+    found = []
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group == group:
+                info = PluginInfo(ep.name, ep.value, dist.metadata["Name"], dist.version)
+                found.append((ep, info))
+    return found
 
 
-def _normalize(name: str) -> str:
-    return name.strip().lower().replace("_", "-").replace(".", "-")
+def _hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith(_HOOK_PREFIX))
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """Marked hooks that no spec defines, each with the closest known hook: what pluggy's ``check_pending()``
+    rejects, for this plugin alone (check_pending looks at every plugin at once)."""
+    known = _hook_names()
+    opts = {attr: pm.parse_hookimpl_opts(plugin, attr) for attr in dir(plugin) if attr not in known}
+    unknown = sorted(attr for attr, o in opts.items() if o is not None and not o.get("optionalhook"))
+    close = {hook: difflib.get_close_matches(hook, known, n=1) for hook in unknown}
+    return [f"{hook!r}" + "".join(f" (did you mean {c!r}?)" for c in close[hook]) for hook in unknown]
+
+
+def _validate(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Raise (and leave ``plugin`` unregistered) unless it is a module or an instance with marked, known hooks."""
+    try:
+        if isinstance(plugin, type):
+            raise FormatKitTypeError(
+                f"plugin {name!r} points at the class {plugin.__qualname__}; point the entry point at a module, or "
+                "at an instance (pluggy registers what the entry point loads and would call the hooks unbound)"
+            )
+        unmarked = [
+            attr
+            for attr in dir(plugin)
+            if attr.startswith(_HOOK_PREFIX)
+            and callable(getattr(plugin, attr, None))
+            and pm.parse_hookimpl_opts(plugin, attr) is None
+        ]
+        if unmarked:
+            raise FormatKitValueError(
+                f"plugin {name!r} defines {', '.join(unmarked)} without the @hookimpl marker, so pluggy would "
+                "ignore it; decorate it: `from trl_formatkit import hookimpl` then `@hookimpl` above the def"
+            )
+        unknown = _unknown_hooks(pm, plugin)
+        if unknown:
+            raise FormatKitValueError(
+                f"plugin {name!r} implements hook {', '.join(unknown)}, which trl-formatkit does not define; known "
+                f"hooks: {', '.join(_hook_names())}"
+            )
+        if not pm.get_hookcallers(plugin):
+            raise FormatKitValueError(
+                f"plugin {name!r} implements no trl-formatkit hook; known hooks: {', '.join(_hook_names())}. "
+                "Mark the function with @hookimpl (from trl_formatkit import hookimpl)"
+            )
+    except Exception:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise
 
 
 class PluginHost:
@@ -143,156 +202,139 @@ class PluginHost:
         self.group = group
         self.builtins = tuple(builtins)
         self.env_var = env_var
-        self.pm = pluggy.PluginManager(PROJECT_NAME)
-        self.pm.add_hookspecs(hookspecs)
-        #: Grows whenever a plugin is added, so registries know when to call the new ones.
+        self.pm = self._new_manager()
+        #: Grows whenever a plugin is added (or a load is rolled back), so registries know when to look again.
         self.generation = 0
         self._lock = threading.RLock()
         self._loaded = False
+        self._loading = False
         self._info: dict[str, PluginInfo] = {}
+
+    @staticmethod
+    def _new_manager() -> pluggy.PluginManager:
+        pm = pluggy.PluginManager(PROJECT_NAME)
+        pm.add_hookspecs(hookspecs)
+        return pm
 
     # -- loading -------------------------------------------------------------------------------------------------
     def load(self) -> None:
-        """Register the built-ins and every allowed entry point, once. Failures become warnings."""
+        """Register the built-ins and every allowed entry point, once and as a whole. Failures become warnings.
+
+        Another thread calling meanwhile waits for the whole load; an interrupt (``KeyboardInterrupt``,
+        ``SystemExit``) rolls everything back, so the next call loads again from scratch.
+        """
         if self._loaded:
             return
         with self._lock:
-            if self._loaded:
+            if self._loaded or self._loading:  # done, or a plugin being imported touched a registry: no recursion
                 return
-            # Set first: a plugin that touches a registry while it is being imported must not recurse into here.
-            self._loaded = True
-            for name, module_name in self.builtins:
-                # A broken built-in is our bug, not a user's plugin: let it raise.
-                self._register(importlib.import_module(module_name), name)
-                self._info[name] = PluginInfo(name=name, target=module_name)
-            self._load_entry_points()
+            self._loading = True
+            try:
+                for name, module_name in self.builtins:
+                    # A broken built-in is our bug, not a user's plugin: let it raise.
+                    self._register(importlib.import_module(module_name), name)
+                    self._info[name] = PluginInfo(name=name, target=module_name)
+                self._load_entry_points()
+                self._loaded = True
+            except BaseException:
+                self.pm, self._info = self._new_manager(), {}
+                self.generation += 1
+                raise
+            finally:
+                self._loading = False
 
     def _allowed(self) -> set[str] | None:
         value = os.environ.get(self.env_var)
         if value is None:
             return None
-        return {_normalize(part) for part in value.split(",") if part.strip()}
+        return {_plugin_key(part) for part in value.split(",") if part.strip()}
 
     def _load_entry_points(self) -> None:
-        from importlib.metadata import entry_points
-
-        allowed = self._allowed()
-        seen: set[str] = set()
-        found = []
-        for ep in entry_points(group=self.group):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            version = dist.version if dist is not None else None
-            found.append((dist_name or "", ep.name, ep, dist_name, version))
-        for _, _, ep, dist_name, version in sorted(found, key=lambda item: (item[0], item[1])):
-            info = PluginInfo(name=ep.name, target=ep.value, distribution=dist_name, version=version)
-            seen.update({_normalize(ep.name), _normalize(dist_name or "")})
-            if allowed is not None and not ({_normalize(ep.name), _normalize(dist_name or "")} & allowed):
-                self._info.setdefault(ep.name, PluginInfo(**{**info.__dict__, "status": "disabled"}))
-                continue
-            if ep.name in self._info or self.pm.has_plugin(ep.name):
-                previous = self._info.get(ep.name)
-                by = f" by {previous.distribution}" if previous and previous.distribution else ""
-                self._fail(
-                    info,
-                    "is not loaded",
-                    FormatKitValueError(f"the plugin name {ep.name!r} is already taken{by}"),
-                    record=False,
-                )
-                continue
+        found = _entry_points(self.group)
+        wanted = self._select(found)
+        failed = []
+        while True:  # pluggy loads them all; one that fails is blocked, named in a warning, and the rest go on
             try:
-                plugin = ep.load()
+                self.pm.load_setuptools_entrypoints(self.group)
+                break
             except Exception as exc:  # noqa: BLE001 - any error in third-party code is isolated
-                self._fail(info, "failed to import", exc)
+                culprit = getattr(exc, "plugin", None)
+                name = self.pm.get_name(culprit) if culprit is not None else None
+                if name is None:  # ep.load() failed: the first wanted one pluggy has not registered yet
+                    name = next(n for n in wanted if not self.pm.has_plugin(n))
+                else:
+                    self.pm.unregister(culprit)
+                self.pm.set_blocked(name)
+                failed.append(name)
+                stage = "failed to register" if isinstance(exc, pluggy.PluginValidationError) else "failed to import"
+                self._fail(wanted[name], stage, exc)
+        for name in failed:
+            self.pm.unblock(name)
+        for name, info in wanted.items():
+            plugin = self.pm.get_plugin(name)
+            if plugin is None:
                 continue
             try:
-                self._register(plugin, ep.name)
+                _validate(self.pm, plugin, name)
             except Exception as exc:  # noqa: BLE001
                 self._fail(info, "failed to register", exc)
                 continue
-            self._info[ep.name] = info
-        if allowed:
-            unknown = sorted(allowed - seen)
-            if unknown:
-                installed = sorted({_normalize(name) for _, name, *_ in found}) or ["(none)"]
-                warnings.warn(
-                    f"{self.env_var} names plugin(s) {', '.join(unknown)} that are not installed; installed "
-                    f"trl-formatkit plugins: {', '.join(installed)}. Check the spelling, or pip install the "
-                    "package that provides it.",
-                    FormatKitWarning,
-                    stacklevel=_external_stacklevel(),
-                )
+            self._info[name] = info
+            self.generation += 1
+        self._warn_unknown_allowed(found)
+
+    def _select(self, found: list[tuple[Any, PluginInfo]]) -> dict[str, PluginInfo]:
+        """Block the entry points ``FORMATKIT_PLUGINS`` excludes, name the duplicates; return the wanted ones."""
+        allowed = self._allowed()
+        wanted: dict[str, PluginInfo] = {}
+        for _, info in found:
+            if allowed is not None and not {_plugin_key(info.name), _plugin_key(info.distribution or "")} & allowed:
+                self.pm.set_blocked(info.name)
+                self._info.setdefault(info.name, replace(info, status="disabled"))
+            elif info.name in wanted or info.name in self._info or self.pm.has_plugin(info.name):
+                previous = wanted.get(info.name) or self._info.get(info.name)
+                by = f" by {previous.distribution}" if previous and previous.distribution else ""
+                error = FormatKitValueError(f"the plugin name {info.name!r} is already taken{by}")
+                self._fail(info, "is not loaded", error, record=False)
+            else:
+                wanted[info.name] = info
+        return wanted
+
+    def _warn_unknown_allowed(self, found: list[tuple[Any, PluginInfo]]) -> None:
+        allowed = self._allowed()
+        if not allowed:
+            return
+        seen = {_plugin_key(n) for _, info in found for n in (info.name, info.distribution or "")}
+        unknown = sorted(allowed - seen)
+        if unknown:
+            installed = sorted({_plugin_key(info.name) for _, info in found}) or ["(none)"]
+            warn(
+                f"{self.env_var} names plugin(s) {', '.join(unknown)} that are not installed; installed "
+                f"trl-formatkit plugins: {', '.join(installed)}. Check the spelling, or pip install the package "
+                "that provides it."
+            )
 
     def _register(self, plugin: Any, name: str) -> str:
         if isinstance(plugin, type):
-            raise FormatKitTypeError(
-                f"plugin {name!r} points at the class {plugin.__qualname__}; point the entry point at a module, or "
-                "at an instance (pluggy registers what the entry point loads and would call the hooks unbound)"
-            )
-        unmarked = [
-            attr
-            for attr in dir(plugin)
-            if attr.startswith(_HOOK_PREFIX)
-            and callable(getattr(plugin, attr, None))
-            and self.pm.parse_hookimpl_opts(plugin, attr) is None
-        ]
-        if unmarked:
-            raise FormatKitValueError(
-                f"plugin {name!r} defines {', '.join(unmarked)} without the @hookimpl marker, so pluggy would "
-                "ignore it; decorate it: `from trl_formatkit import hookimpl` then `@hookimpl` above the def"
-            )
+            _validate(self.pm, plugin, name)  # raises: a class is never registered
         registered = self.pm.register(plugin, name=name)
         if registered is None:  # blocked
             raise FormatKitValueError(f"plugin {name!r} is blocked in this plugin manager")
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.pm.unregister(plugin)
-            raise FormatKitValueError(self._unknown_hook_message(name, plugin, exc)) from exc
-        if not self.pm.get_hookcallers(plugin):
-            self.pm.unregister(plugin)
-            raise FormatKitValueError(
-                f"plugin {name!r} implements no trl-formatkit hook; known hooks: {', '.join(self._hook_names())}. "
-                "Mark the function with @hookimpl (from trl_formatkit import hookimpl)"
-            )
+        _validate(self.pm, plugin, name)
         self.generation += 1
         return registered
-
-    def _hook_names(self) -> list[str]:
-        return sorted(name for name in dir(hookspecs) if name.startswith(_HOOK_PREFIX))
-
-    def _unknown_hook_message(self, name: str, plugin: Any, exc: pluggy.PluginValidationError) -> str:
-        known = self._hook_names()
-        unknown = sorted(
-            attr
-            for attr in dir(plugin)
-            if attr not in known and self.pm.parse_hookimpl_opts(plugin, attr) is not None
-        )
-        hints = []
-        for hook in unknown:
-            close = difflib.get_close_matches(hook, known, n=1)
-            hints.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        what = ", ".join(hints) or str(exc)
-        return (
-            f"plugin {name!r} implements hook {what}, which trl-formatkit does not define; known hooks: "
-            f"{', '.join(known)}"
-        )
 
     def _fail(self, info: PluginInfo, stage: str, exc: BaseException, *, record: bool = True) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if record:
-            self._info[info.name] = PluginInfo(**{**info.__dict__, "status": "failed", "error": error})
-        origin = info.target
-        if info.distribution:
-            origin += f" from {info.distribution} {info.version}"
+            self._info[info.name] = replace(info, status="failed", error=error)
+        origin = info.target + (f" from {info.distribution} {info.version}" if info.distribution else "")
         fix = (
             f"pip uninstall {info.distribution}, or" if info.distribution else "remove it, or"
         ) + f" list the plugins to load in {self.env_var}"
-        warnings.warn(
+        warn(
             f"trl-formatkit plugin {info.name!r} ({origin}) {stage} and is skipped: {error}. "
-            f"The other plugins still load. To fix: report it to the plugin's authors; to silence: {fix}.",
-            FormatKitWarning,
-            stacklevel=_external_stacklevel(),
+            f"The other plugins still load. To fix: report it to the plugin's authors; to silence: {fix}."
         )
 
     # -- public API ----------------------------------------------------------------------------------------------

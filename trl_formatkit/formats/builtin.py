@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import FormatKitTypeError, FormatKitValueError
+from ..errors import FormatKitTypeError, FormatKitValueError, preview
 from ..hookspecs import hookimpl
 from .core import Format
 
@@ -62,24 +62,19 @@ SHAREGPT_ROLES: Mapping[str, str] = {
 }
 
 
-def _preview(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _turns_to_messages(turns: Any, column: str, roles: Mapping[str, str] = SHAREGPT_ROLES) -> list[dict]:
     """Turns as ``{"role", "content"}`` (kept as they are) or ShareGPT ``{"from", "value"}`` (mapped) -> messages."""
     if isinstance(turns, (str, bytes)) or not isinstance(turns, (list, tuple)):
         raise FormatKitTypeError(
             f"column {column!r} must hold a list of messages ({{'role': ..., 'content': ...}}), got "
-            f"{type(turns).__name__}: {_preview(turns)}"
+            f"{type(turns).__name__}: {preview(turns)}"
         )
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise FormatKitTypeError(
                 f"column {column!r}, message {i}: expected a dict with 'role' and 'content', got "
-                f"{type(turn).__name__}: {_preview(turn)}"
+                f"{type(turn).__name__}: {preview(turn)}"
             )
         if turn.get("role") is not None:
             messages.append(dict(turn))
@@ -98,7 +93,7 @@ def _turns_to_messages(turns: Any, column: str, roles: Mapping[str, str] = SHARE
         else:
             raise FormatKitValueError(
                 f"column {column!r}, message {i} has neither 'role'/'content' nor 'from'/'value' keys: "
-                f"{_preview(turn)}"
+                f"{preview(turn)}"
             )
     return messages
 
@@ -107,7 +102,7 @@ def _require_str(row: Mapping[str, Any], column: str, fmt: str) -> str:
     value = row[column]
     if not isinstance(value, str):
         raise FormatKitTypeError(
-            f"{fmt} format: column {column!r} must be a string, got {type(value).__name__}: {_preview(value)}"
+            f"{fmt} format: column {column!r} must be a string, got {type(value).__name__}: {preview(value)}"
         )
     return value
 
@@ -162,7 +157,7 @@ def alpaca_to_messages(row: Mapping[str, Any]) -> list[dict]:
     instruction = _require_str(row, "instruction", "alpaca")
     extra = row.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise FormatKitTypeError(f"alpaca format: column 'input' must be a string, got {_preview(extra)}")
+        raise FormatKitTypeError(f"alpaca format: column 'input' must be a string, got {preview(extra)}")
     user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     return [{"role": "user", "content": user}, {"role": "assistant", "content": _require_str(row, "output", "alpaca")}]
 

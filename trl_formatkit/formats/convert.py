@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning
-from .core import Format, FormatRegistry, _rename_columns, columns_of
+from ..errors import FormatKitTypeError, FormatKitValueError, warn
+from .core import Format, FormatRegistry, _rename_columns, columns_of, rename_keys
 
 __all__ = ["default_registry", "register_format", "detect_format", "to_messages", "MESSAGES_COLUMN"]
 
@@ -132,7 +131,7 @@ class _BatchToMessages:
         (size,) = sizes
         out = []
         for i in range(size):
-            row = {self.mapping.get(key, key): values[i] for key, values in columns.items()}
+            row = rename_keys({key: values[i] for key, values in columns.items()}, self.mapping)
             try:
                 messages = self.format.to_messages(row)
             except KeyError as exc:
@@ -169,6 +168,51 @@ def _check_messages(messages: Any, name: str, index: int) -> None:
 
 def _is_dataset_dict(data: Any) -> bool:
     return isinstance(data, Mapping) and all(hasattr(v, "map") and hasattr(v, "column_names") for v in data.values())
+
+
+def _columns_to_drop(
+    fmt: Format, columns: list[str], mapping: Mapping[str, str], remove_columns: Any
+) -> tuple[list[str], list[str]]:
+    """The dataset columns ``fmt`` reads, and those ``to_messages`` drops (in dataset order)."""
+    inverse = {target: source for source, target in mapping.items()}
+    consumed = [inverse.get(c, c) for c in sorted(fmt.columns)]
+    if remove_columns is True:
+        drop = list(consumed)
+    elif remove_columns == "all":
+        drop = list(columns)
+    elif remove_columns is False or remove_columns is None:
+        drop = []
+    elif isinstance(remove_columns, str):
+        drop = [remove_columns]
+    else:
+        drop = list(remove_columns)
+    unknown = [c for c in drop if c not in columns]
+    if unknown:
+        raise FormatKitValueError(f"remove_columns names {unknown}, which the dataset does not have: {columns}")
+    if MESSAGES_COLUMN in columns and MESSAGES_COLUMN not in drop:
+        drop.append(MESSAGES_COLUMN)  # replaced by the new column; map cannot write over a column it keeps typed
+    drop = [c for c in columns if c in drop]  # dataset order, no duplicates
+    return consumed, drop
+
+
+def _map_kwargs(dataset: Any, fmt: Format, drop: list[str], *, num_proc: int | None, batch_size: int) -> dict:
+    """The ``Dataset.map`` arguments of :func:`to_messages` (an ``IterableDataset`` takes no ``num_proc``)."""
+    kwargs: dict[str, Any] = {
+        "batched": True,
+        "batch_size": batch_size,
+        "with_indices": True,
+        "remove_columns": drop or None,
+    }
+    is_map_style = hasattr(dataset, "num_rows") and hasattr(dataset, "cache_files")
+    if is_map_style:
+        kwargs["num_proc"] = num_proc
+        kwargs["desc"] = f"Converting {fmt.name} rows to messages"
+    elif num_proc is not None:
+        raise FormatKitValueError(
+            "num_proc is not supported for an IterableDataset (IterableDataset.map has no num_proc); drop it, or "
+            "convert a map-style Dataset"
+        )
+    return kwargs
 
 
 def to_messages(
@@ -254,50 +298,16 @@ def to_messages(
             f"{columns}). Pass column_mapping={{your_column: {missing[0]!r}}}, or format='auto' to detect it."
         )
 
-    inverse = {target: source for source, target in mapping.items()}
-    consumed = [inverse.get(c, c) for c in sorted(fmt.columns)]
-    if remove_columns is True:
-        drop = consumed
-    elif remove_columns == "all":
-        drop = list(columns)
-    elif remove_columns is False or remove_columns is None:
-        drop = []
-    elif isinstance(remove_columns, str):
-        drop = [remove_columns]
-    else:
-        drop = list(remove_columns)
-    unknown = [c for c in drop if c not in columns]
-    if unknown:
-        raise FormatKitValueError(f"remove_columns names {unknown}, which the dataset does not have: {columns}")
-    if MESSAGES_COLUMN in columns and MESSAGES_COLUMN not in drop:
-        drop.append(MESSAGES_COLUMN)  # replaced by the new column; map cannot write over a column it keeps typed
-    drop = [c for c in columns if c in drop]  # dataset order, no duplicates
-
+    consumed, drop = _columns_to_drop(fmt, columns, mapping, remove_columns)
     left = [c for c in columns if c not in drop and c in _TRL_CONFLICTING]
     if left:
-        warnings.warn(
+        warn(
             f"to_messages keeps the column(s) {left} next to 'messages'; trl's SFTTrainer treats a dataset with a "
             "'prompt' column as prompt-completion and then ignores 'messages'. Drop them: "
             f"to_messages(..., remove_columns={left + [c for c in consumed if c in columns]!r}) or "
-            "remove_columns='all'",
-            FormatKitWarning,
-            stacklevel=2,
+            "remove_columns='all'"
         )
 
-    kwargs: dict[str, Any] = {
-        "batched": True,
-        "batch_size": batch_size,
-        "with_indices": True,
-        "remove_columns": drop or None,
-    }
-    is_map_style = hasattr(dataset, "num_rows") and hasattr(dataset, "cache_files")
-    if is_map_style:
-        kwargs["num_proc"] = num_proc
-        kwargs["desc"] = f"Converting {fmt.name} rows to messages"
-    elif num_proc is not None:
-        raise FormatKitValueError(
-            "num_proc is not supported for an IterableDataset (IterableDataset.map has no num_proc); drop it, or "
-            "convert a map-style Dataset"
-        )
+    kwargs = _map_kwargs(dataset, fmt, drop, num_proc=num_proc, batch_size=batch_size)
     kwargs.update(map_kwargs)
     return dataset.map(_BatchToMessages(fmt, mapping), **kwargs)

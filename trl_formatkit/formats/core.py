@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FormatKitKeyError, FormatKitTypeError, FormatKitValueError
+from ..errors import FormatKitKeyError, FormatKitTypeError, FormatKitValueError, warn
+from ..hookspecs import normalize_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plugins import PluginHost
@@ -24,16 +25,6 @@ HOW_TO_ADD = (
     "To add a format: trl_formatkit.register_format(Format(name, columns, to_messages)), or ship a plugin "
     "(entry-point group 'trl_formatkit.plugins', hook formatkit_register_formats; see the README)."
 )
-
-
-def normalize_name(name: str) -> str:
-    """The lookup key of a format name: lower case, ``_`` and spaces read as ``-``.
-
-    Example:
-        >>> normalize_name("Prompt_Completion")
-        'prompt-completion'
-    """
-    return "-".join(name.strip().lower().replace("_", "-").split())
 
 
 @dataclass(frozen=True)
@@ -146,7 +137,12 @@ class _RenamingConverter:
     mapping: Mapping[str, str]
 
     def __call__(self, row: Mapping[str, Any]) -> list[dict]:
-        return self.to_messages({self.mapping.get(key, key): value for key, value in row.items()})
+        return self.to_messages(rename_keys(row, self.mapping))
+
+
+def rename_keys(row: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
+    """``row`` with its keys renamed by ``column_mapping`` (``{dataset_column: format_column}``)."""
+    return {mapping.get(key, key): value for key, value in row.items()}
 
 
 def columns_of(data: Any) -> list[str]:
@@ -237,7 +233,11 @@ class FormatRegistry:
 
     # -- plugin loading ------------------------------------------------------------------------------------------
     def _sync(self) -> None:
-        """Call the ``formatkit_register_formats`` hook of every plugin not yet applied (first use loads them)."""
+        """Call the ``formatkit_register_formats`` hook of every plugin not yet applied (first use loads them).
+
+        All or nothing: an interrupt (``KeyboardInterrupt``, ``SystemExit``) midway restores the registry as it
+        was, so the next use applies the plugins again instead of leaving some out for good.
+        """
         host = self._host
         if host is None or host.generation == self._seen_generation:
             return
@@ -245,12 +245,17 @@ class FormatRegistry:
             host.load()
             if host.generation == self._seen_generation:
                 return
-            self._seen_generation = host.generation  # set first: a hook that calls get() must not recurse
-            for impl in host.hookimpls("formatkit_register_formats"):
-                if impl.plugin_name in self._applied:
-                    continue
-                self._applied.add(impl.plugin_name)
-                self._apply(impl, host)
+            saved = (dict(self._formats), dict(self._aliases), dict(self._sources), set(self._applied))
+            seen, self._seen_generation = self._seen_generation, host.generation  # first: get() in a hook is no loop
+            try:
+                for impl in host.hookimpls("formatkit_register_formats"):
+                    if impl.plugin_name not in self._applied:
+                        self._applied.add(impl.plugin_name)
+                        self._apply(impl, host)
+            except BaseException:
+                self._formats, self._aliases, self._sources, self._applied = saved
+                self._seen_generation = seen
+                raise
 
     def _apply(self, impl: Any, host: PluginHost) -> None:
         staged: list[tuple[Format, bool]] = []
@@ -267,6 +272,13 @@ class FormatRegistry:
             host.record_failure(impl.plugin_name, "raised in its formatkit_register_formats hook", exc)
             return
         for fmt, replace in staged:
+            owner = self._owner(normalize_name(fmt.name)) if replace else None
+            if owner is not None and self._sources[owner] != source:
+                warn(
+                    f"{source} replaces the format {fmt.name!r} that {self._sources[owner]} registered "
+                    f"({self._formats[owner]} becomes {fmt}); uninstall the plugin, or list the plugins to load in "
+                    f"{host.env_var}, to keep the original"
+                )
             self._add(fmt, replace=replace, source=source)
 
     # -- registration --------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FormatKitTypeError, FormatKitValueError
+from ..errors import FormatKitTypeError, FormatKitValueError, preview
+from ..special_tokens.probe import starts_with_double_bos, template_markers
 
 __all__ = [
     "batched_formatting_func",
@@ -30,11 +31,6 @@ __all__ = [
 ]
 
 _BATCHED_FLAG = "__formatkit_batched__"
-
-
-def _preview(value: Any, limit: int = 100) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_batch(examples: Any) -> bool:
@@ -116,13 +112,13 @@ def batched_formatting_func(fn: Callable[..., str], *, batched: bool | None = No
             return value
         if isinstance(value, (list, tuple)):
             raise FormatKitTypeError(
-                f"{_name(fn)} returned a {type(value).__name__} for {where}: {_preview(value)}. It already "
+                f"{_name(fn)} returned a {type(value).__name__} for {where}: {preview(value)}. It already "
                 "handles batches, so it does not need batched_formatting_func (which calls it once per row); "
                 "pass it as it is"
             )
         raise FormatKitTypeError(
             f"{_name(fn)} must return the formatted text (a string) for {where}, got {type(value).__name__}: "
-            f"{_preview(value)}"
+            f"{preview(value)}"
         )
 
     @functools.wraps(fn)
@@ -152,6 +148,13 @@ def _first_rows(data: Any, n: int) -> tuple[dict[str, list], list[str]]:
     if isinstance(data, Sequence) and data and all(isinstance(row, Mapping) for row in data):
         rows = list(data)[:n]
         keys = list(rows[0])
+        for i, row in enumerate(rows[1:], start=1):
+            if set(row) != set(keys):
+                raise FormatKitValueError(
+                    f"row {i} has the keys {sorted(row)} but row 0 has {sorted(keys)}; a batch needs the same keys "
+                    "in every row (as a datasets.Dataset has): add the missing keys (e.g. with None) or pass a "
+                    "Dataset"
+                )
         return {key: [row[key] for row in rows] for key in keys}, keys
     raise FormatKitTypeError(
         f"check_formatting_func takes a datasets.Dataset, a batch dict or a list of rows, got {type(data).__name__}"
@@ -220,14 +223,14 @@ def check_formatting_func(fn: Callable[..., Any], data: Any, *, tokenizer: Any =
             arrow = f"ArrowInvalid: Column {len(columns)} named input_ids expected length {size} but got length {tokens}"
         arrow = arrow.replace("{size}", str(size))
         raise FormatKitTypeError(
-            f"{name} returned one string for a batch of {size} rows ({_preview(out, 120)}). A function written "
+            f"{name} returned one string for a batch of {size} rows ({preview(out, 120)}). A function written "
             "for one row sees lists when batched, and formats the lists themselves. "
             f"dataset.map(lambda batch: tokenizer({name}(batch)), batched=True) then fails with {arrow}: the new "
             f"column needs one value per row ({size}) but gets the tokens of that one string. {wrap_hint}"
         )
     if not isinstance(out, (list, tuple)) or not all(isinstance(text, str) for text in out):
         raise FormatKitTypeError(
-            f"{name} must return a list of strings for a batch, got {type(out).__name__}: {_preview(out)}"
+            f"{name} must return a list of strings for a batch, got {type(out).__name__}: {preview(out)}"
         )
     if len(out) != size:
         raise FormatKitValueError(
@@ -235,59 +238,6 @@ def check_formatting_func(fn: Callable[..., Any], data: Any, *, tokenizer: Any =
             "(map raises ArrowInvalid on a length mismatch)"
         )
     return list(out)
-
-
-_PROBE_USER = "FORMATKITUSERPROBE"
-_PROBE_ASSISTANT = "FORMATKITASSISTANTPROBE"
-
-
-def template_markers(tokenizer: Any) -> tuple[str, ...]:
-    """The markers a tokenizer's chat template writes around a user and an assistant turn.
-
-    The special (added) tokens that appear in a rendered turn pair, such as ``<|user|>``, ``<|end|>``,
-    ``<|assistant|>`` for Phi-3 or ``<|im_start|>``, ``<|im_end|>`` for ChatML; BOS, EOS, PAD and UNK are left out
-    (EOS is checked on its own). For a template made of plain text, the lines around the turns (``### User:``).
-    Empty when the tokenizer has no chat template.
-
-    Example:
-        >>> from trl_formatkit.formats._demo import phi3_like_tokenizer
-        >>> template_markers(phi3_like_tokenizer())
-        ('<|user|>', '<|end|>', '<|assistant|>')
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        return ()
-    conversation = [
-        {"role": "user", "content": _PROBE_USER},
-        {"role": "assistant", "content": _PROBE_ASSISTANT},
-    ]
-    try:
-        rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that needs more (a system turn, tools) has no probe-able markers
-        return ()
-    if not isinstance(rendered, str) or _PROBE_USER not in rendered or _PROBE_ASSISTANT not in rendered:
-        return ()
-    skip = {
-        getattr(tokenizer, attr, None) for attr in ("bos_token", "eos_token", "pad_token", "unk_token")
-    } - {None}
-    candidates = set(getattr(tokenizer, "get_added_vocab", dict)()) | set(getattr(tokenizer, "all_special_tokens", []))
-    found = sorted(
-        (rendered.index(token), token) for token in candidates if token and token not in skip and token in rendered
-    )
-    if found:
-        markers: list[str] = []
-        for _, token in found:
-            if token not in markers:
-                markers.append(token)
-        return tuple(markers)
-    start_user = rendered.index(_PROBE_USER)
-    start_assistant = rendered.index(_PROBE_ASSISTANT)
-    prefix = rendered[:start_user]
-    between = rendered[start_user + len(_PROBE_USER) : start_assistant]
-    for token in skip:
-        prefix, between = prefix.replace(token, ""), between.replace(token, "")
-    lines = [line.strip() for line in prefix.splitlines() if line.strip()][-1:]
-    lines += [line.strip() for line in between.splitlines() if line.strip()]
-    return tuple(dict.fromkeys(lines))
 
 
 @dataclass(frozen=True)
@@ -322,6 +272,29 @@ class FormattedTextReport:
     def __str__(self) -> str:
         head = f"checked {self.num_texts} formatted text(s): " + ("OK" if self.ok else f"{len(self.problems)} problem(s)")
         return "\n".join([head, *(f"- {p}" for p in self.problems), *(f"- note: {n}" for n in self.notes)])
+
+
+def _check_markers(items: list[str], tokenizer: Any, problems: list[str], notes: list[str]) -> tuple:
+    """The texts missing the chat template's markers (appends the problem or a note); returns (markers, indices)."""
+    markers = template_markers(tokenizer)
+    without_markers: tuple[int, ...] = ()
+    if markers:
+        without_markers = tuple(i for i, text in enumerate(items) if not all(m in text for m in markers))
+        if without_markers:
+            first = without_markers[0]
+            missing = [m for m in markers if m not in items[first]]
+            problems.append(
+                f"{len(without_markers)} of {len(items)} texts do not use the tokenizer's chat-template markers "
+                f"{markers} (text {first} lacks {missing}: {preview(items[first])}). The model would learn a "
+                "format it is not prompted with at inference (apply_chat_template). Fix: format the messages with "
+                "tokenizer.apply_chat_template(messages, tokenize=False), or convert the rows with to_messages() "
+                "and let trl apply the template"
+            )
+    elif not getattr(tokenizer, "chat_template", None):
+        notes.append("the tokenizer has no chat template, so template markers were not checked")
+    else:
+        notes.append("the chat template could not be rendered for a user/assistant pair; markers were not checked")
+    return markers, without_markers
 
 
 def check_formatted_text(texts: Any, tokenizer: Any, *, dataset_text_field: str = "text") -> FormattedTextReport:
@@ -360,32 +333,14 @@ def check_formatted_text(texts: Any, tokenizer: Any, *, dataset_text_field: str 
     if bad:
         raise FormatKitTypeError(
             f"formatted texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}: "
-            f"{_preview(items[bad[0]])}"
+            f"{preview(items[bad[0]])}"
         )
 
-    markers = template_markers(tokenizer)
     eos = getattr(tokenizer, "eos_token", None)
     bos = getattr(tokenizer, "bos_token", None)
     notes: list[str] = []
     problems: list[str] = []
-
-    without_markers: tuple[int, ...] = ()
-    if markers:
-        without_markers = tuple(i for i, text in enumerate(items) if not all(m in text for m in markers))
-        if without_markers:
-            first = without_markers[0]
-            missing = [m for m in markers if m not in items[first]]
-            problems.append(
-                f"{len(without_markers)} of {len(items)} texts do not use the tokenizer's chat-template markers "
-                f"{markers} (text {first} lacks {missing}: {_preview(items[first])}). The model would learn a "
-                "format it is not prompted with at inference (apply_chat_template). Fix: format the messages with "
-                "tokenizer.apply_chat_template(messages, tokenize=False), or convert the rows with to_messages() "
-                "and let trl apply the template"
-            )
-    elif not getattr(tokenizer, "chat_template", None):
-        notes.append("the tokenizer has no chat template, so template markers were not checked")
-    else:
-        notes.append("the chat template could not be rendered for a user/assistant pair; markers were not checked")
+    markers, without_markers = _check_markers(items, tokenizer, problems, notes)
 
     without_eos: tuple[int, ...] = ()
     if eos:
@@ -395,7 +350,7 @@ def check_formatted_text(texts: Any, tokenizer: Any, *, dataset_text_field: str 
             trailing = " (it ends with whitespace after EOS)" if items[first].rstrip().endswith(eos) else ""
             problems.append(
                 f"{len(without_eos)} of {len(items)} texts do not end with the EOS token {eos!r}{trailing} (text "
-                f"{first}: ...{_preview(items[first][-60:])}). A model trained on them does not learn to stop. "
+                f"{first}: ...{preview(items[first][-60:])}). A model trained on them does not learn to stop. "
                 "Fix: append tokenizer.eos_token to each text (recent trl SFTTrainer appends it to a text column; "
                 "tokenizing the text yourself does not)"
             )
@@ -406,15 +361,13 @@ def check_formatted_text(texts: Any, tokenizer: Any, *, dataset_text_field: str 
     bos_id = getattr(tokenizer, "bos_token_id", None)
     if bos and bos_id is not None:
         starting = [i for i, text in enumerate(items) if text.startswith(bos)]
-        if starting:
-            ids = tokenizer(items[starting[0]])["input_ids"]
-            if len(ids) >= 2 and ids[0] == bos_id and ids[1] == bos_id:
-                double_bos = tuple(starting)
-                problems.append(
-                    f"{len(double_bos)} of {len(items)} texts start with the BOS token {bos!r}, and the tokenizer "
-                    "adds another when tokenizing, so they start with two. Fix: drop the BOS from the text, or "
-                    "tokenize with add_special_tokens=False"
-                )
+        if starting and starts_with_double_bos(tokenizer, items[starting[0]]):
+            double_bos = tuple(starting)
+            problems.append(
+                f"{len(double_bos)} of {len(items)} texts start with the BOS token {bos!r}, and the tokenizer "
+                "adds another when tokenizing, so they start with two. Fix: drop the BOS from the text, or "
+                "tokenize with add_special_tokens=False"
+            )
     return FormattedTextReport(
         num_texts=len(items),
         markers=markers,
