@@ -12,7 +12,7 @@ elsewhere. Labels are *not* shifted (the model shifts them).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,7 +25,12 @@ __all__ = [
     "template_variants",
     "find_template",
     "find_templates",
+    "TemplateSpans",
+    "find_template_spans",
+    "completion_mask_from_spans",
     "completion_mask_from_templates",
+    "suspicious_responses",
+    "check_template_roles",
     "labels_from_mask",
     "position_ids_from_lengths",
     "cu_seq_lens_from_lengths",
@@ -45,9 +50,9 @@ TemplateSpec = str | Sequence[int] | Sequence[str | Sequence[int]]
 _PREFIX_CONTEXTS = (
     "", "\n", "\n\n", " ", ".", ":", "x", "x\n", "x\n\n", "x ", "x.", "x.\n", "x:", "x: ", "x!", "x?", "x,", "x)",
 )  # fmt: skip
-# After: end of text, a space and a word, a newline; a word right after only where the template ends in
-# whitespace (elsewhere it would glue the template's last characters to a word no real text has).
-_SUFFIX_CONTEXTS = ("", " x", "\n", "\nx", " ")
+# After: end of text, a space and a word, a newline, a blank line; a word right after only where the template
+# ends in whitespace (elsewhere it would glue the template's last characters to a word no real text has).
+_SUFFIX_CONTEXTS = ("", " x", "\n", "\nx", " ", "\n\n", "\n\nx")
 
 
 def as_template_list(template: TemplateSpec | None, name: str = "template") -> list[str | tuple[int, ...]]:
@@ -112,7 +117,10 @@ def template_variants(tokenizer: Any, template: str, *, match_in_context: bool =
     a space, a word or a special token, and before the text that follows. A token that straddles the start of the
     template (a merged ``\\n\\n``, SentencePiece's ``▁``) is kept in that variant; a token that straddles its end
     (trailing whitespace merged into the answer's first word) is left out, so the answer is never masked; so is
-    a token where the template's leading whitespace merged with the text before it (Qwen2's ``".\\n"``).
+    a token where the template's leading whitespace merged with the text before it (Qwen2's ``".\\n"``). A token
+    where the template's last characters merged with *whitespace* that follows (byte-level BPE's ``":\\n"`` after
+    ``"### Response:"``, or ``":\\n\\n"`` before an answer that starts with a newline) is kept: the merged token
+    counts as template, so that whitespace is never trained.
 
     Args:
         tokenizer: a Hugging Face tokenizer (fast tokenizers give exact offsets; slow ones fall back to prefix
@@ -176,9 +184,12 @@ def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> tu
         core = full[len(head) : len(full) - len(tail)]
         return tuple(core) or None
     picked = []
+    text_after = text[end:]
     for tok, (a, b) in zip(ids, offsets, strict=True):
-        # overlaps the template and does not run past its end; zero-width tokens at the start belong to the prefix
-        if b > start and a < end and b <= end and not (a == b == start):
+        # overlaps the template and does not run past its end, except into whitespace that follows it (byte-level
+        # BPE's ":\n"): that token counts as template; zero-width tokens at the start belong to the prefix
+        past_end = b > end and not text_after[: b - end].isspace()
+        if b > start and a < end and not past_end and not (a == b == start):
             if a < start:  # the token merged the template's first characters with the context
                 if template[: b - start].isspace():
                     continue  # only leading whitespace merged (".\n", "\n\n"): the rest is the template there
@@ -230,13 +241,20 @@ def find_templates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(starts, ends)`` of the occurrences of any of ``variants``, sorted by start (end exclusive).
 
-    Overlapping occurrences (one variant inside another, a template overlapping itself) merge into one span.
+    The rule is a plain left-to-right scan, as ``str.find`` or ``re.finditer`` would do it: at each position the
+    *longest* variant that starts there is taken, and the scan goes on after its end (leftmost-longest,
+    non-overlapping). So a template overlapping itself (an end template ``(7, 7)`` in ``7 7 7``) is found once,
+    at the first position, and a variant nested inside a longer one at the same place is not found again. The
+    scan restarts in every sequence (``lengths``): an occurrence never crosses sequences.
 
     Example:
         >>> ids = np.array([7, 13, 20, 21, 5, 20, 21, 6])
         >>> starts, ends = find_templates(ids, [(20, 21), (13, 20, 21)])
         >>> starts.tolist(), ends.tolist()
         ([1, 5], [4, 7])
+        >>> starts, ends = find_templates(np.array([7, 7, 7, 1]), [(7, 7)])
+        >>> starts.tolist(), ends.tolist()
+        ([0], [2])
     """
     starts_l, ends_l = [], []
     for variant in variants:
@@ -245,20 +263,72 @@ def find_templates(
         ends_l.append(s + len(variant))
     if not starts_l:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    if len(starts_l) == 1:  # one variant: already sorted
+    if len(starts_l) == 1:  # one variant: already sorted, one length
         starts, ends = starts_l[0], ends_l[0]
     else:
         starts, ends = np.concatenate(starts_l), np.concatenate(ends_l)
         order = np.lexsort((-ends, starts))
         starts, ends = starts[order], ends[order]
+        longest = np.ones(starts.size, dtype=bool)  # the longest variant at each start
+        longest[1:] = starts[1:] != starts[:-1]
+        starts, ends = starts[longest], ends[longest]
     if starts.size > 1 and bool((starts[1:] < ends[:-1]).any()):
-        # merge occurrences that overlap (variants nested in each other, a template overlapping itself)
-        reach = np.maximum.accumulate(ends)
-        first = np.ones(starts.size, dtype=bool)
-        first[1:] = starts[1:] >= reach[:-1]
-        heads = np.flatnonzero(first)
-        starts, ends = starts[heads], np.maximum.reduceat(ends, heads)
+        keep = _scan_path(starts, ends)
+        starts, ends = starts[keep], ends[keep]
     return starts, ends
+
+
+def _scan_path(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which candidate spans a left-to-right scan takes (starts sorted and distinct), in O(k log k) numpy.
+
+    The scan takes the first span, then the first one starting at or after its end, and so on: a path through
+    ``nxt`` from span 0. Pointer doubling marks the path's first 2, 4, 8, ... spans, with no loop over spans.
+    """
+    k = starts.shape[0]
+    jump = np.append(np.searchsorted(starts, ends, side="left"), k)  # span -> next span taken; k = none
+    on = np.zeros(k + 1, dtype=bool)
+    on[0] = True
+    while True:
+        on[jump[on]] = True
+        if jump[0] == k:  # the path is shorter than the current jump: all of it is marked
+            return on[:k]
+        jump = jump[jump]
+
+
+class TemplateSpans(NamedTuple):
+    """Where the templates are in a flat batch: ``(starts, ends)`` per role, and the sequences' offsets."""
+
+    offsets: np.ndarray
+    response: tuple[np.ndarray, np.ndarray]
+    instruction: tuple[np.ndarray, np.ndarray] | None
+    end: tuple[np.ndarray, np.ndarray] | None
+
+
+def find_template_spans(
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    response: Sequence[Sequence[int]],
+    instruction: Sequence[Sequence[int]] = (),
+    end: Sequence[Sequence[int]] = (),
+) -> TemplateSpans:
+    """Find the response / instruction / end templates once (:func:`find_templates` for each role).
+
+    The result feeds :func:`completion_mask_from_spans` and :func:`suspicious_responses`. ``instruction`` /
+    ``end`` are None when no such template is given.
+
+    Example:
+        >>> spans = find_template_spans(np.array([1, 50, 2, 60, 8]), np.array([5]), [(2,)], end=[(8,)])
+        >>> spans.response[0].tolist(), spans.end[1].tolist(), spans.instruction
+        ([2], [5], None)
+    """
+    offsets = np.zeros(int(lengths.shape[0]) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TemplateSpans(
+        offsets,
+        find_templates(ids, response, lengths),
+        find_templates(ids, instruction, lengths) if instruction else None,
+        find_templates(ids, end, lengths) if end else None,
+    )
 
 
 def _states_from_events(n: int, events: list[tuple[np.ndarray, int]]) -> np.ndarray:
@@ -288,7 +358,8 @@ def completion_mask_from_templates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which tokens to train, from response / instruction / end templates.
 
-    Rules, per sequence:
+    Rules, per sequence (templates are found by :func:`find_templates`: a left-to-right scan, leftmost-longest,
+    non-overlapping, per role):
 
     - response only (single turn, trl's rule): everything up to and including the *last* response template is
       masked, everything after it is trained.
@@ -297,6 +368,9 @@ def completion_mask_from_templates(
       what follows them are masked.
     - with end templates: train from each response template up to and including the next end template; also
       stop at an instruction template when both are given.
+
+    Templates are found in the token ids, blind to the conversation's structure: a response template typed inside
+    a user message opens an answer there. :func:`suspicious_responses` counts such layouts.
 
     Args:
         ids: flat token ids, every sequence after the other.
@@ -319,17 +393,29 @@ def completion_mask_from_templates(
         >>> mask.astype(int).tolist()
         [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]
     """
-    n = int(ids.shape[0])
-    n_seq = int(lengths.shape[0])
-    offsets = np.zeros(n_seq + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    r_starts, r_ends = find_templates(ids, response, lengths)
-    r_seq = np.searchsorted(offsets, r_starts, side="right") - 1
+    spans = find_template_spans(ids, lengths, response, instruction, end)
+    return completion_mask_from_spans(spans, int(ids.shape[0]))
+
+
+def completion_mask_from_spans(spans: TemplateSpans, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`completion_mask_from_templates` from templates already found (:func:`find_template_spans`).
+
+    Example:
+        >>> ids = np.array([1, 50, 2, 60, 8, 70])  # 1 = user, 2 = assistant, 8 = end
+        >>> mask, *_ = completion_mask_from_spans(find_template_spans(ids, np.array([6]), [(2,)], end=[(8,)]), 6)
+        >>> mask.astype(int).tolist()
+        [0, 0, 0, 1, 1, 0]
+    """
+    offsets = spans.offsets
+    n_seq = int(offsets.shape[0]) - 1
+    lengths = np.diff(offsets)
+    r_starts, r_ends = spans.response
     has_response = np.zeros(n_seq, dtype=bool)
+    r_seq = np.searchsorted(offsets, r_starts, side="right") - 1
     has_response[r_seq] = True
     has_instruction = np.ones(n_seq, dtype=bool)
 
-    if not instruction and not end:
+    if spans.instruction is None and spans.end is None:
         # single turn: train what follows the last response template of each sequence
         last_end = np.full(n_seq, -1, dtype=np.int64)
         np.maximum.at(last_end, r_seq, r_ends)
@@ -340,17 +426,109 @@ def completion_mask_from_templates(
     # events come after "train", so an empty answer (an instruction template right after a response template)
     # or a template at a sequence start stays masked.
     events = [(r_ends, True)]  # training starts after a response template ...
-    if end:
-        _, e_ends = find_templates(ids, end, lengths)
-        events.append((e_ends, False))  # ... and stops after an end template (whose tokens are trained)
-    if instruction:
-        i_starts, _ = find_templates(ids, instruction, lengths)
+    if spans.end is not None:
+        events.append((spans.end[1], False))  # ... and stops after an end template (whose tokens are trained)
+    if spans.instruction is not None:
+        i_starts = spans.instruction[0]
         has_instruction = np.zeros(n_seq, dtype=bool)
         has_instruction[np.searchsorted(offsets, i_starts, side="right") - 1] = True
         events.append((i_starts, False))  # an instruction template masks from its first token
     events.append((r_starts, False))  # the response template's own tokens are masked
     events.append((offsets[:-1], False))  # every sequence starts masked
     return _states_from_events(n, events), has_response, has_instruction
+
+
+def suspicious_responses(spans: TemplateSpans) -> np.ndarray:
+    """Per sequence, how many response templates sit where a turn cannot start: a sign of marker text in a message.
+
+    A response template is suspicious when the template before it in its sequence is another response template
+    (a second answer opened before the first was closed by an end or instruction template), or, when end
+    templates are given, an instruction template (a response inside a turn that an instruction opened and no end
+    template closed: ``"<|user|>Summarise: <|assistant|> ..."``). Instruction or end templates inside a response
+    template (qwen2's ``<|im_start|>`` in ``<|im_start|>assistant``) do not count. With a response template only
+    (the single-turn rule), several responses are trl's multi-turn case and nothing is suspicious.
+
+    Example:
+        >>> ids = np.array([1, 50, 2, 51, 8, 2, 60, 8])  # 1 = user, 2 = assistant, 8 = end; '2' typed at 2
+        >>> spans = find_template_spans(ids, np.array([8]), [(2,)], instruction=[(1,)], end=[(8,)])
+        >>> suspicious_responses(spans).tolist()
+        [1]
+    """
+    n_seq = int(spans.offsets.shape[0]) - 1
+    if spans.instruction is None and spans.end is None:
+        return np.zeros(n_seq, dtype=np.int64)
+    r_starts, r_ends = spans.response
+    kinds = [np.zeros(r_starts.shape[0], dtype=np.int8)]  # 0 response, 1 instruction, 2 end
+    positions = [r_starts]
+    for kind, found in ((1, spans.instruction), (2, spans.end)):
+        if found is not None:
+            starts = found[0]
+            inside = np.searchsorted(r_starts, starts, side="right") - 1  # the response template at or before
+            within = (inside >= 0) & (starts < r_ends[np.maximum(inside, 0)]) if r_starts.size else inside >= 0
+            positions.append(starts[~within])
+            kinds.append(np.full(int((~within).sum()), kind, dtype=np.int8))
+    pos, kind = np.concatenate(positions), np.concatenate(kinds)
+    order = np.lexsort((kind, pos))
+    pos, kind = pos[order], kind[order]
+    seq = np.searchsorted(spans.offsets, pos, side="right") - 1
+    prev = np.full(kind.shape[0], -1, dtype=np.int8)
+    prev[1:] = np.where(seq[1:] == seq[:-1], kind[:-1], -1)
+    bad = (kind == 0) & ((prev == 0) | ((prev == 1) & (spans.end is not None)))
+    return np.bincount(seq[bad], minlength=n_seq).astype(np.int64)
+
+
+def _contains(outer: Sequence[int], inner: Sequence[int]) -> int | None:
+    """Where ``inner`` first occurs in ``outer``, or None."""
+    m = len(inner)
+    return next((i for i in range(len(outer) - m + 1) if tuple(outer[i : i + m]) == tuple(inner)), None)
+
+
+def check_template_roles(
+    response: Sequence[Sequence[int]],
+    instruction: Sequence[Sequence[int]] = (),
+    end: Sequence[Sequence[int]] = (),
+) -> None:
+    """Refuse template variants whose roles collide, so that no row is trained wrongly in silence.
+
+    - a response variant equal to an instruction variant, or found inside one (qwen2: ``<|im_start|>`` as the
+      response template and ``<|im_start|>user\\n`` as the instruction template): every user turn would open an
+      answer, and system and user text would be trained;
+    - an end variant that is the end of a response variant (an end template ``"\\n"`` after
+      ``"### Response:\\n"``): every answer would be closed by its own template, and nothing trained.
+
+    An instruction template that is the start of the response template is fine: the response is masked from its
+    first token either way.
+
+    Raises:
+        FormatKitValueError: naming the two templates (as token ids) and the fix.
+
+    Example:
+        >>> check_template_roles([(32001,)], instruction=[(32010,)], end=[(32007,)])
+        >>> check_template_roles([(5,)], instruction=[(5, 6)])
+        Traceback (most recent call last):
+        ...
+        trl_formatkit.errors.FormatKitValueError: the response template [5] is inside the instruction template [5, 6]: every instruction turn would also open an answer, and its text would be trained. Give the whole response template (for example '<|im_start|>assistant\\n', not '<|im_start|>')
+    """
+    for r in response:
+        for i in instruction:
+            if tuple(r) == tuple(i):
+                raise FormatKitValueError(
+                    f"the response and instruction templates share the token ids {list(r)}: the collator could not "
+                    "tell a user turn from an assistant turn; use distinct templates"
+                )
+            if _contains(i, r) is not None:
+                raise FormatKitValueError(
+                    f"the response template {list(r)} is inside the instruction template {list(i)}: every "
+                    "instruction turn would also open an answer, and its text would be trained. Give the whole "
+                    "response template (for example '<|im_start|>assistant\\n', not '<|im_start|>')"
+                )
+        for e in end:
+            if len(e) <= len(r) and tuple(r[len(r) - len(e) :]) == tuple(e):
+                raise FormatKitValueError(
+                    f"the end_template {list(e)} is the response template's last token(s) {list(r)}: every answer "
+                    "would be closed by its own template and nothing trained. Use the text that ends an answer "
+                    "(for example '<|end|>' or the EOS token), not the response template's trailing newline"
+                )
 
 
 def labels_from_mask(ids: np.ndarray, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
