@@ -159,14 +159,13 @@ def template_variants(tokenizer: Any, template: str, *, match_in_context: bool =
             prefixes += [special, special + "\n"]
     for prefix in prefixes:
         for suffix in _SUFFIX_CONTEXTS + (("x",) if template[-1:].isspace() else ()):
-            ids = _ids_covering(tokenizer, prefix, template, suffix)
-            if ids and ids not in variants:
-                variants.append(ids)
+            variants += [ids for ids in _ids_covering(tokenizer, prefix, template, suffix) if ids not in variants]
     return variants
 
 
-def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> tuple[int, ...] | None:
-    """Ids of the tokens that cover ``template`` inside ``prefix + template + suffix``."""
+def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> list[tuple[int, ...]]:
+    """Ids of the tokens that cover ``template`` inside ``prefix + template + suffix`` (none, one, or two: with
+    and without a last token that merged the template's end with the whitespace after it)."""
     start, end = len(prefix), len(prefix) + len(template)
     text = prefix + template + suffix
     try:
@@ -180,30 +179,30 @@ def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> tu
         head = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
         tail = tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
         if full[: len(head)] != head or (tail and full[len(full) - len(tail) :] != tail):
-            return None
+            return []
         core = full[len(head) : len(full) - len(tail)]
-        return tuple(core) or None
-    picked = []
-    text_after = text[end:]
+        return [tuple(core)] if core else []
+    picked, merged = [], []
     for tok, (a, b) in zip(ids, offsets, strict=True):
-        # overlaps the template and does not run past its end, except into whitespace that follows it (byte-level
-        # BPE's ":\n"): that token counts as template; zero-width tokens at the start belong to the prefix
-        past_end = b > end and not text_after[: b - end].isspace()
-        if b > start and a < end and not past_end and not (a == b == start):
+        # overlaps the template and does not run past its end; zero-width tokens at the start belong to the prefix
+        if b > start and a < end and not (a == b == start):
             if a < start:  # the token merged the template's first characters with the context
                 if template[: b - start].isspace():
                     continue  # only leading whitespace merged (".\n", "\n\n"): the rest is the template there
                 if any(c.isalnum() for c in prefix[a:start]):
-                    return None  # glued to a word ("xAnswer"): would only match that word
-            picked.append(tok)
-    if not picked:
-        return None
+                    return []  # glued to a word ("xAnswer"): would only match that word
+            if b <= end:
+                picked.append(tok)
+            elif text[end:b].isspace():  # the last characters merged with whitespace after them (":\n")
+                merged = [tok]
     # it must read back as the template: an unknown token (<unk>, or a tokenizer whose vocabulary maps
     # unknown words to some other id) would match any unknown text
-    decoded = tokenizer.decode(picked, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if " ".join(template.split()) not in " ".join(decoded.split()):
-        return None
-    return tuple(picked)
+    out = []
+    for found in (picked + merged, picked) if merged else (picked,):
+        decoded = tokenizer.decode(found, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if found and " ".join(template.split()) in " ".join(decoded.split()):
+            out.append(tuple(found))
+    return out
 
 
 def find_template(ids: np.ndarray, template: Sequence[int], lengths: np.ndarray | None = None) -> np.ndarray:
@@ -580,12 +579,15 @@ def seq_idx_from_lengths(lengths: np.ndarray) -> np.ndarray:
 def pad_flat(
     flat: np.ndarray,
     lengths: np.ndarray,
-    pad_value: int,
+    pad_value: int | Sequence[int],
     *,
     padding_side: str = "right",
     pad_to_multiple_of: int | None = None,
 ) -> np.ndarray:
     """Cut a flat array into rows of a 2-D array, padded with ``pad_value``.
+
+    ``flat`` may also be several flat arrays stacked, shape ``(k, tokens)``, with one pad value each: they are
+    laid out in one pass, shape ``(k, rows, width)`` (a collator pads ids, labels and the mask together).
 
     Example:
         >>> pad_flat(np.array([1, 2, 3, 4, 5]), np.array([3, 2]), 0).tolist()
@@ -594,14 +596,21 @@ def pad_flat(
         [[1, 2, 3], [0, 4, 5]]
         >>> pad_flat(np.array([1, 2, 3]), np.array([3]), -1, pad_to_multiple_of=4).tolist()
         [[1, 2, 3, -1]]
+        >>> pad_flat(np.array([[1, 2, 3], [-5, 2, 3]]), np.array([1, 2]), [0, -100]).tolist()
+        [[[1, 0], [2, 3]], [[-5, -100], [2, 3]]]
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     width = int(lengths.max()) if lengths.size else 0
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     real = real_token_mask(lengths, width, padding_side)
-    out = np.full(real.shape, pad_value, dtype=flat.dtype)
-    out[real] = flat
+    if flat.ndim == 1:
+        out = np.full(real.shape, pad_value, dtype=flat.dtype)
+        out[real] = flat
+        return out
+    pads = np.asarray(pad_value, dtype=flat.dtype).reshape(-1, 1, 1)
+    out = np.broadcast_to(pads, (flat.shape[0],) + real.shape).copy()
+    out[:, real] = flat
     return out
 
 
