@@ -295,9 +295,10 @@ def _scan_path(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 class TemplateSpans(NamedTuple):
-    """Where the templates are in a flat batch: ``(starts, ends)`` per role, and the sequences' offsets."""
+    """Where the templates are in a flat batch: ``(starts, ends)`` per role, and the sequences' offsets / lengths."""
 
     offsets: np.ndarray
+    lengths: np.ndarray
     response: tuple[np.ndarray, np.ndarray]
     instruction: tuple[np.ndarray, np.ndarray] | None
     end: tuple[np.ndarray, np.ndarray] | None
@@ -324,6 +325,7 @@ def find_template_spans(
     np.cumsum(lengths, out=offsets[1:])
     return TemplateSpans(
         offsets,
+        lengths,
         find_templates(ids, response, lengths),
         find_templates(ids, instruction, lengths) if instruction else None,
         find_templates(ids, end, lengths) if end else None,
@@ -345,7 +347,10 @@ def _states_from_events(n: int, events: list[tuple[np.ndarray, int]]) -> np.ndar
     last[:-1] = positions[1:] != positions[:-1]
     keep = last & (positions < n)
     positions, values = positions[keep], values[keep]
-    return np.repeat(values, np.diff(positions, append=n))
+    runs = np.empty_like(positions)
+    runs[:-1] = positions[1:] - positions[:-1]
+    runs[-1] = n - positions[-1]
+    return np.repeat(values, runs)
 
 
 def completion_mask_from_templates(
@@ -405,9 +410,8 @@ def completion_mask_from_spans(spans: TemplateSpans, n: int) -> tuple[np.ndarray
         >>> mask.astype(int).tolist()
         [0, 0, 0, 1, 1, 0]
     """
-    offsets = spans.offsets
-    n_seq = int(offsets.shape[0]) - 1
-    lengths = np.diff(offsets)
+    offsets, lengths = spans.offsets, spans.lengths
+    n_seq = int(lengths.shape[0])
     r_starts, r_ends = spans.response
     has_response = np.zeros(n_seq, dtype=bool)
     r_seq = np.searchsorted(offsets, r_starts, side="right") - 1
@@ -443,8 +447,8 @@ def suspicious_responses(spans: TemplateSpans) -> np.ndarray:
     A response template is suspicious when the template before it in its sequence is another response template
     (a second answer opened before the first was closed by an end or instruction template), or, when end
     templates are given, an instruction template (a response inside a turn that an instruction opened and no end
-    template closed: ``"<|user|>Summarise: <|assistant|> ..."``). Instruction or end templates inside a response
-    template (qwen2's ``<|im_start|>`` in ``<|im_start|>assistant``) do not count. With a response template only
+    template closed: ``"<|user|>Summarise: <|assistant|> ..."``). An instruction or end template that starts
+    where a response template starts (qwen2's ``<|im_start|>`` in ``<|im_start|>assistant``) does not count. With a response template only
     (the single-turn rule), several responses are trl's multi-turn case and nothing is suspicious.
 
     Example:
@@ -456,24 +460,24 @@ def suspicious_responses(spans: TemplateSpans) -> np.ndarray:
     n_seq = int(spans.offsets.shape[0]) - 1
     if spans.instruction is None and spans.end is None:
         return np.zeros(n_seq, dtype=np.int64)
-    r_starts, r_ends = spans.response
-    kinds = [np.zeros(r_starts.shape[0], dtype=np.int8)]  # 0 response, 1 instruction, 2 end
-    positions = [r_starts]
-    for kind, found in ((1, spans.instruction), (2, spans.end)):
-        if found is not None:
-            starts = found[0]
-            inside = np.searchsorted(r_starts, starts, side="right") - 1  # the response template at or before
-            within = (inside >= 0) & (starts < r_ends[np.maximum(inside, 0)]) if r_starts.size else inside >= 0
-            positions.append(starts[~within])
-            kinds.append(np.full(int((~within).sum()), kind, dtype=np.int8))
-    pos, kind = np.concatenate(positions), np.concatenate(kinds)
+    # events in order: 0 sequence start, 1 response, 2 instruction, 3 end. At one position that is also their
+    # order, so an instruction or end template that starts the response template never precedes it.
+    found = [spans.offsets[:-1], spans.response[0]]
+    kinds = [0, 1]
+    for kind, spans_of_role in ((2, spans.instruction), (3, spans.end)):
+        if spans_of_role is not None:
+            found.append(spans_of_role[0])
+            kinds.append(kind)
+    pos = np.concatenate(found)
+    kind = np.repeat(np.array(kinds, dtype=np.int8), [f.shape[0] for f in found])
     order = np.lexsort((kind, pos))
-    pos, kind = pos[order], kind[order]
-    seq = np.searchsorted(spans.offsets, pos, side="right") - 1
-    prev = np.full(kind.shape[0], -1, dtype=np.int8)
-    prev[1:] = np.where(seq[1:] == seq[:-1], kind[:-1], -1)
-    bad = (kind == 0) & ((prev == 0) | ((prev == 1) & (spans.end is not None)))
-    return np.bincount(seq[bad], minlength=n_seq).astype(np.int64)
+    kind = kind[order]
+    bad = np.zeros(kind.shape[0], dtype=bool)
+    bad[1:] = (kind[1:] == 1) & ((kind[:-1] == 1) | ((kind[:-1] == 2) & (spans.end is not None)))
+    if not bad.any():
+        return np.zeros(n_seq, dtype=np.int64)
+    seq = np.searchsorted(spans.offsets, pos[order][bad], side="right") - 1
+    return np.bincount(seq, minlength=n_seq).astype(np.int64)
 
 
 def _contains(outer: Sequence[int], inner: Sequence[int]) -> int | None:
@@ -577,7 +581,7 @@ def seq_idx_from_lengths(lengths: np.ndarray) -> np.ndarray:
 
 
 def pad_flat(
-    flat: np.ndarray,
+    flat: np.ndarray | Sequence[np.ndarray],
     lengths: np.ndarray,
     pad_value: int | Sequence[int],
     *,
@@ -586,8 +590,8 @@ def pad_flat(
 ) -> np.ndarray:
     """Cut a flat array into rows of a 2-D array, padded with ``pad_value``.
 
-    ``flat`` may also be several flat arrays stacked, shape ``(k, tokens)``, with one pad value each: they are
-    laid out in one pass, shape ``(k, rows, width)`` (a collator pads ids, labels and the mask together).
+    ``flat`` may also be a list of flat arrays of one dtype with one pad value each: they are laid out in one
+    pass, as one array of shape ``(k, rows, width)`` (a collator pads ids, labels and the mask together).
 
     Example:
         >>> pad_flat(np.array([1, 2, 3, 4, 5]), np.array([3, 2]), 0).tolist()
@@ -596,7 +600,7 @@ def pad_flat(
         [[1, 2, 3], [0, 4, 5]]
         >>> pad_flat(np.array([1, 2, 3]), np.array([3]), -1, pad_to_multiple_of=4).tolist()
         [[1, 2, 3, -1]]
-        >>> pad_flat(np.array([[1, 2, 3], [-5, 2, 3]]), np.array([1, 2]), [0, -100]).tolist()
+        >>> pad_flat([np.array([1, 2, 3]), np.array([-5, 2, 3])], np.array([1, 2]), [0, -100]).tolist()
         [[[1, 0], [2, 3]], [[-5, -100], [2, 3]]]
     """
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -604,13 +608,15 @@ def pad_flat(
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     real = real_token_mask(lengths, width, padding_side)
-    if flat.ndim == 1:
+    if isinstance(flat, np.ndarray):
         out = np.full(real.shape, pad_value, dtype=flat.dtype)
         out[real] = flat
         return out
-    pads = np.asarray(pad_value, dtype=flat.dtype).reshape(-1, 1, 1)
-    out = np.broadcast_to(pads, (flat.shape[0],) + real.shape).copy()
-    out[:, real] = flat
+    pads = list(pad_value) if isinstance(pad_value, Sequence) else [pad_value] * len(flat)
+    out = np.empty((len(flat), *real.shape), dtype=flat[0].dtype)
+    for layer, values, pad in zip(out, flat, pads, strict=True):
+        layer.fill(pad)
+        layer[real] = values
     return out
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning
+from ..errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning, preview
 from .core import Format, FormatRegistry, _rename_columns, columns_of
 
 __all__ = ["default_registry", "register_format", "detect_format", "to_messages", "MESSAGES_COLUMN"]
@@ -152,19 +152,50 @@ class _BatchToMessages:
 def _check_messages(messages: Any, name: str, index: int) -> None:
     if not isinstance(messages, list) or not messages:
         raise FormatKitValueError(
-            f"format {name!r} turned row {index} into {type(messages).__name__} {messages!r:.80}; to_messages must "
-            "return a non-empty list of {'role': ..., 'content': ...} dicts"
+            f"format {name!r} turned row {index} into {type(messages).__name__} {preview(messages, 80)}; "
+            "to_messages must return a non-empty list of {'role': ..., 'content': ...} dicts"
         )
     for j, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
             raise FormatKitValueError(
                 f"format {name!r}, row {index}, message {j}: expected a dict with a string 'role', got "
-                f"{message!r:.80}"
+                f"{preview(message, 80)}"
             )
+        content = message.get("content")
+        if isinstance(content, (str, list)) or (content is None and message.get("tool_calls")):
+            continue  # text, a list of content parts (images, ...), or a tool call with no text
         if "content" not in message and "tool_calls" not in message:
             raise FormatKitValueError(
-                f"format {name!r}, row {index}, message {j} has no 'content' (nor 'tool_calls'): {message!r:.80}"
+                f"format {name!r}, row {index}, message {j} has no 'content' (nor 'tool_calls'): "
+                f"{preview(message, 80)}"
             )
+        what = "None (a ShareGPT turn without 'value', or a message without text)" if content is None else (
+            f"{type(content).__name__} {preview(content, 40)}"
+        )
+        raise FormatKitTypeError(
+            f"format {name!r}, row {index}, message {j} ({message['role']}): content must be a string (or a list "
+            f"of content parts, or None next to tool_calls), got {what}. Fix or drop such rows before converting, "
+            "for example dataset.filter(...) on that column"
+        )
+
+
+def _keep_existing_messages(
+    fmt: Format, auto: bool, reg: FormatRegistry, columns: list[str], renamed: list[str], inverse: dict[str, str]
+) -> Format:
+    """An existing ``messages`` column is never replaced by one built from other columns: with ``format="auto"``
+    the conversations win (the format that reads ``messages`` is used); a format named explicitly is an error."""
+    consumed = {inverse.get(c, c) for c in fmt.columns}
+    if MESSAGES_COLUMN not in columns or MESSAGES_COLUMN in consumed:
+        return fmt
+    if auto and MESSAGES_COLUMN in renamed:
+        return reg.detect([MESSAGES_COLUMN])
+    raise FormatKitValueError(
+        f"the dataset already has a {MESSAGES_COLUMN!r} column, and format {fmt.name!r} would replace it with one "
+        f"built from {sorted(consumed)}: the columns {sorted(consumed | {MESSAGES_COLUMN})} clash. To keep the "
+        f"conversations, use format='auto' (or the format that reads {MESSAGES_COLUMN!r}) and drop the others: "
+        f"dataset.remove_columns({sorted(consumed)}); to rebuild them on purpose, drop the old ones first: "
+        f"dataset.remove_columns({MESSAGES_COLUMN!r})"
+    )
 
 
 def _is_dataset_dict(data: Any) -> bool:
@@ -193,9 +224,13 @@ def to_messages(
         format: A format name or alias, a :class:`Format`, or ``"auto"`` to detect it (:func:`detect_format`).
         column_mapping: ``{dataset_column: format_column}`` for datasets whose keys differ, e.g.
             ``{"question": "prompt", "answer": "completion"}``.
+
+            A ``messages`` column the dataset already has is never replaced by one built from other columns: with
+            ``format="auto"`` the existing conversations win (a leftover ``prompt``/``completion`` warns, below);
+            a format named explicitly that reads other columns raises an error naming the clashing columns.
         remove_columns: True (default) drops the columns the format consumed and keeps the others (ids,
             metadata); ``"all"`` keeps only ``messages``; False keeps everything; a list drops those columns.
-            A ``messages`` column already there is replaced. trl treats a dataset with a ``prompt`` column as
+            trl treats a dataset with a ``prompt`` column as
             prompt-completion even when ``messages`` is present, so a leftover ``prompt``/``completion``
             column warns.
         num_proc: Passed to ``Dataset.map`` (not supported by ``IterableDataset``).
@@ -207,8 +242,10 @@ def to_messages(
         A new dataset of the same kind with a ``messages`` column.
 
     Raises:
-        FormatKitValueError: the format is unknown, ambiguous, or a row cannot be converted (the row is named).
-        FormatKitTypeError: ``dataset`` is not a ``datasets`` dataset.
+        FormatKitValueError: the format is unknown, ambiguous, would replace an existing ``messages`` column, or a
+            row cannot be converted (the row is named).
+        FormatKitTypeError: ``dataset`` is not a ``datasets`` dataset; or a message's content is None (a ShareGPT
+            turn without ``value``) or not text (the row and message are named).
 
     Example:
         >>> from datasets import Dataset
@@ -246,7 +283,10 @@ def to_messages(
     columns = columns_of(dataset)
     renamed = _rename_columns(columns, column_mapping)
     mapping = dict(column_mapping or {})
-    fmt = reg.detect(renamed) if isinstance(format, str) and format == "auto" else reg.get(format)
+    auto = isinstance(format, str) and format == "auto"
+    fmt = reg.detect(renamed) if auto else reg.get(format)
+    inverse = {target: source for source, target in mapping.items()}
+    fmt = _keep_existing_messages(fmt, auto, reg, columns, renamed, inverse)
     missing = fmt.missing(renamed)
     if missing:
         raise FormatKitValueError(
@@ -254,7 +294,6 @@ def to_messages(
             f"{columns}). Pass column_mapping={{your_column: {missing[0]!r}}}, or format='auto' to detect it."
         )
 
-    inverse = {target: source for source, target in mapping.items()}
     consumed = [inverse.get(c, c) for c in sorted(fmt.columns)]
     if remove_columns is True:
         drop = consumed
