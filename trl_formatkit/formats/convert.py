@@ -179,6 +179,13 @@ def _check_messages(messages: Any, name: str, index: int) -> None:
         )
 
 
+def _holds_conversations(dataset: Any) -> bool:
+    """Whether the dataset has a ``messages`` column that may hold conversations (not a plain-value column)."""
+    features = getattr(dataset, "features", None) or {}
+    feature = features.get(MESSAGES_COLUMN) if MESSAGES_COLUMN in features else None
+    return MESSAGES_COLUMN in columns_of(dataset) and type(feature).__name__ != "Value"
+
+
 def _keep_existing_messages(
     fmt: Format, auto: bool, reg: FormatRegistry, columns: list[str], renamed: list[str], inverse: dict[str, str]
 ) -> Format:
@@ -225,9 +232,10 @@ def to_messages(
         column_mapping: ``{dataset_column: format_column}`` for datasets whose keys differ, e.g.
             ``{"question": "prompt", "answer": "completion"}``.
 
-            A ``messages`` column the dataset already has is never replaced by one built from other columns: with
-            ``format="auto"`` the existing conversations win (a leftover ``prompt``/``completion`` warns, below);
-            a format named explicitly that reads other columns raises an error naming the clashing columns.
+            A ``messages`` column of conversations the dataset already has is never replaced by one built from
+            other columns (a column of plain values is): with ``format="auto"`` the existing conversations win
+            (a leftover ``prompt``/``completion`` warns, below); a format named explicitly that reads other
+            columns raises an error naming the clashing columns.
         remove_columns: True (default) drops the columns the format consumed and keeps the others (ids,
             metadata); ``"all"`` keeps only ``messages``; False keeps everything; a list drops those columns.
             trl treats a dataset with a ``prompt`` column as
@@ -286,7 +294,8 @@ def to_messages(
     auto = isinstance(format, str) and format == "auto"
     fmt = reg.detect(renamed) if auto else reg.get(format)
     inverse = {target: source for source, target in mapping.items()}
-    fmt = _keep_existing_messages(fmt, auto, reg, columns, renamed, inverse)
+    if _holds_conversations(dataset):
+        fmt = _keep_existing_messages(fmt, auto, reg, columns, renamed, inverse)
     missing = fmt.missing(renamed)
     if missing:
         raise FormatKitValueError(
