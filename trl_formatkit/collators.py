@@ -61,7 +61,8 @@ class DataCollatorForCompletionOnlyLM:
     """Completion-only labels for causal LM fine-tuning: prompts masked with ``-100``, answers trained.
 
     Keys in (per example): ``input_ids`` (list of ints, numpy array or tensor), or the ids alone. Optional:
-    ``attention_mask`` (pre-padded rows: positions with 0 are dropped before collating), ``seq_lengths``
+    ``attention_mask`` (pre-padded rows: 0s at the start or end are dropped before collating; a 0 between 1s is
+    refused), ``seq_lengths``
     (rows packed by trl's BFD packing: each part is its own sequence; templates never match across parts),
     ``labels`` / ``completion_mask`` / ``assistant_masks`` (replaced by labels computed from the templates),
     ``position_ids`` (recomputed). Other keys whose values are plain numbers (an ``idx``) are passed through
@@ -309,13 +310,13 @@ class DataCollatorForCompletionOnlyLM:
         width = int(row_lengths.max())
         width = -(-width // multiple) * multiple if multiple else width
         needs_pad = width * row_lengths.shape[0] != flat.shape[0]
-        columns = [flat, labels, np.ones_like(flat)]
+        columns = [flat, labels, np.ones_like(flat)]  # the last one becomes the attention mask
         pads = [self._pad_id() if needs_pad else 0, self.ignore_index, 0]
         packed = seq_lengths.shape[0] != row_lengths.shape[0]
         if packed:  # packed rows: positions restart with every packed sequence
             columns.append(position_ids_from_lengths(seq_lengths))
             pads.append(0)
-        padded = pad_flat(np.stack(columns), row_lengths, pads, padding_side=side, pad_to_multiple_of=multiple)
+        padded = pad_flat(columns, row_lengths, pads, padding_side=side, pad_to_multiple_of=multiple)
         out = {"input_ids": padded[0], "attention_mask": padded[2], "labels": padded[1]}
         if packed:
             out["position_ids"] = padded[3]
@@ -592,20 +593,23 @@ def _flat_from_lists(
     if not row_lengths.all():
         i = first_row + int(np.flatnonzero(row_lengths == 0)[0])
         raise FormatKitValueError(_EMPTY_ROW.format(i=i) if what == "input_ids" else f"row {i}'s {what} is empty")
-    values = list(itertools.chain.from_iterable(rows))
+    # sum() stays an int only when every value is one (a float, str, None or list makes it something else, or
+    # raises); bools are ints to sum() and to numpy, so the few 0/1 ids are looked at one by one
     try:
-        flat = np.array(values)  # int64 only when every value is an int (or a bool, as 0/1: checked below)
-    except (ValueError, TypeError, OverflowError):  # ragged: a nested list
-        flat = None
-    ok = flat is not None and flat.dtype.kind == "i" and flat.ndim == 1
+        ok = all(type(total) is int or isinstance(total, np.integer) for total in map(sum, rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(row_lengths.sum()))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
     if ok:
-        low = np.flatnonzero(flat <= 1).tolist()  # True / False became 1 / 0: look at those few positions only
-        ok = not low or bool not in set(map(type, operator.itemgetter(*low, low[0])(values)))
+        low = np.flatnonzero(flat <= 1).tolist()
+        if low:
+            values = list(itertools.chain.from_iterable(rows)) if len(rows) > 1 else rows[0]
+            ok = not _BOOLS & set(map(type, operator.itemgetter(*low, low[0])(values)))
     if not ok:
         error = _bad_id_error(rows, first_row, what)
         if error is not None:
             raise error
-        flat = np.array([int(x) for x in values], dtype=np.int64)  # ints that numpy mixed into another dtype
+        flat = np.array([int(x) for x in itertools.chain.from_iterable(rows)], dtype=np.int64)
     return flat.astype(np.int64, copy=False), row_lengths
 
 
@@ -627,6 +631,7 @@ def _bad_id_error(rows: Sequence[Sequence[Any]], first_row: int = 0, what: str =
     return None
 
 
+_BOOLS = frozenset({bool, np.bool_})
 _EMPTY_ROW = (
     "row {i} has no tokens; drop empty rows before training, for example "
     "dataset.filter(lambda row: len(row['input_ids']) > 0)"
@@ -687,7 +692,11 @@ def _seq_lengths(row_lengths: np.ndarray, packed: dict[int, Any]) -> np.ndarray:
 
 
 def _strip_padding(ids: Any, mask: Any, i: int) -> Any:
-    """Drop the positions a pre-padded row marks with attention_mask == 0."""
+    """Drop the padding a pre-padded row marks with attention_mask == 0 at its start or end.
+
+    A 0 between 1s is not padding: dropping that token would change the text, keeping it would attend to what the
+    mask hides, so it is refused.
+    """
     mask_arr = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
     if mask_arr.all():
         return ids
@@ -696,7 +705,15 @@ def _strip_padding(ids: Any, mask: Any, i: int) -> Any:
         raise FormatKitValueError(
             f"row {i}: attention_mask has shape {tuple(mask_arr.shape)} but input_ids {tuple(ids_arr.shape)}"
         )
-    return ids_arr[mask_arr.astype(bool)]
+    kept = np.flatnonzero(mask_arr)
+    if kept.size and kept.size != int(kept[-1]) - int(kept[0]) + 1:
+        hole = int(kept[0]) + int(np.flatnonzero(np.diff(kept) > 1)[0]) + 1
+        raise FormatKitValueError(
+            f"row {i}: attention_mask has a 0 at position {hole} between 1s; only padding at the start or end of "
+            "a row can be dropped. Remove such tokens from input_ids (and the mask) before collating, or give "
+            "the row without its attention_mask"
+        )
+    return ids_arr[int(kept[0]) : int(kept[-1]) + 1] if kept.size else ids_arr[:0]
 
 
 def _numeric_extras(extras: dict[str, list[Any]], n_rows: int) -> dict[str, np.ndarray]:
