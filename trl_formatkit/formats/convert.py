@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning, preview
+from ..errors import FormatKitTypeError, FormatKitValueError, preview, warn
 from .core import Format, FormatRegistry, _rename_columns, columns_of
 
 __all__ = ["default_registry", "register_format", "detect_format", "to_messages", "MESSAGES_COLUMN"]
@@ -289,8 +288,27 @@ def to_messages(
             f"{hint}; build one with datasets.Dataset.from_list(rows)"
         )
     columns = columns_of(dataset)
-    renamed = _rename_columns(columns, column_mapping)
     mapping = dict(column_mapping or {})
+    fmt, consumed = _resolve_format(dataset, format, reg, columns, mapping)
+    drop = _columns_to_drop(remove_columns, columns, consumed)
+    left = [c for c in columns if c not in drop and c in _TRL_CONFLICTING]
+    if left:
+        warn(
+            f"to_messages keeps the column(s) {left} next to 'messages'; trl's SFTTrainer treats a dataset with a "
+            "'prompt' column as prompt-completion and then ignores 'messages'. Drop them: "
+            f"to_messages(..., remove_columns={left + [c for c in consumed if c in columns]!r}) or "
+            "remove_columns='all'"
+        )
+    kwargs = _map_kwargs(dataset, fmt, drop, num_proc, batch_size)
+    kwargs.update(map_kwargs)
+    return dataset.map(_BatchToMessages(fmt, mapping), **kwargs)
+
+
+def _resolve_format(
+    dataset: Any, format: str | Format, reg: FormatRegistry, columns: list[str], mapping: dict[str, str]
+) -> tuple[Format, list[str]]:
+    """The format to convert with, and the dataset columns it consumes (after ``column_mapping``)."""
+    renamed = _rename_columns(columns, mapping)
     auto = isinstance(format, str) and format == "auto"
     fmt = reg.detect(renamed) if auto else reg.get(format)
     inverse = {target: source for source, target in mapping.items()}
@@ -302,10 +320,14 @@ def to_messages(
             f"format {fmt.name!r} needs the column(s) {missing}, which the dataset does not have (its columns: "
             f"{columns}). Pass column_mapping={{your_column: {missing[0]!r}}}, or format='auto' to detect it."
         )
+    return fmt, [inverse.get(c, c) for c in sorted(fmt.columns)]
 
-    consumed = [inverse.get(c, c) for c in sorted(fmt.columns)]
+
+def _columns_to_drop(
+    remove_columns: bool | Literal["all"] | Sequence[str], columns: list[str], consumed: list[str]
+) -> list[str]:
     if remove_columns is True:
-        drop = consumed
+        drop = list(consumed)
     elif remove_columns == "all":
         drop = list(columns)
     elif remove_columns is False or remove_columns is None:
@@ -319,19 +341,10 @@ def to_messages(
         raise FormatKitValueError(f"remove_columns names {unknown}, which the dataset does not have: {columns}")
     if MESSAGES_COLUMN in columns and MESSAGES_COLUMN not in drop:
         drop.append(MESSAGES_COLUMN)  # replaced by the new column; map cannot write over a column it keeps typed
-    drop = [c for c in columns if c in drop]  # dataset order, no duplicates
+    return [c for c in columns if c in drop]  # dataset order, no duplicates
 
-    left = [c for c in columns if c not in drop and c in _TRL_CONFLICTING]
-    if left:
-        warnings.warn(
-            f"to_messages keeps the column(s) {left} next to 'messages'; trl's SFTTrainer treats a dataset with a "
-            "'prompt' column as prompt-completion and then ignores 'messages'. Drop them: "
-            f"to_messages(..., remove_columns={left + [c for c in consumed if c in columns]!r}) or "
-            "remove_columns='all'",
-            FormatKitWarning,
-            stacklevel=2,
-        )
 
+def _map_kwargs(dataset: Any, fmt: Format, drop: list[str], num_proc: int | None, batch_size: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "batched": True,
         "batch_size": batch_size,
@@ -347,5 +360,4 @@ def to_messages(
             "num_proc is not supported for an IterableDataset (IterableDataset.map has no num_proc); drop it, or "
             "convert a map-style Dataset"
         )
-    kwargs.update(map_kwargs)
-    return dataset.map(_BatchToMessages(fmt, mapping), **kwargs)
+    return kwargs
