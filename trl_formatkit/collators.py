@@ -507,3 +507,17 @@ def _check_return_tensors(value: Any) -> str:
     return value
 
 
+
+
+def _to_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    done: dict[int, Any] = {}  # an array under two keys (cu_seq_lens_q/k) becomes one tensor, as in trl
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            if id(value) not in done:
+                done[id(value)] = torch.from_numpy(np.ascontiguousarray(value))
+            value = done[id(value)]
+        out[key] = value
+    return out
