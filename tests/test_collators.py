@@ -438,3 +438,160 @@ def test_properties_labels_do_not_depend_on_batch_composition(word_tok, rows, co
     assert [shuffled["labels"][0, cu[j] : cu[j + 1]].tolist() for j in range(len(rows))] == [
         per_seq[i] for i in order
     ]
+
+
+# -- issue 9 / issue 10 item 9: hostile input, each test failed on the code before its fix -------------------
+@pytest.mark.parametrize(
+    "rows, error, match",
+    [
+        ([[USER, BOT, 4], [7, 8.9, 9]], FormatKitTypeError, r"row 1.*8\.9.*position 1"),  # the middle id, not an end
+        ([[USER, BOT, 4], [7, "12", 9]], FormatKitTypeError, r"row 1.*'12'.*position 1"),
+        ([[USER, BOT, 4], [7, True, 9]], FormatKitTypeError, r"row 1.*True.*position 1"),
+        ([[USER, BOT, 4], [True, False]], FormatKitTypeError, r"row 1.*True"),
+        ([[USER, float("nan"), BOT]], FormatKitTypeError, r"row 0.*nan.*position 1"),
+        ([[USER, BOT, 4], [7, None, 9]], FormatKitTypeError, r"row 1.*None"),
+        ([[USER, BOT, 4], [7, [8], 9]], FormatKitTypeError, r"row 1.*\[8\]"),
+        ([[USER, BOT, 2**64]], FormatKitValueError, r"row 0.*18446744073709551616.*too large"),
+        ([[USER, BOT, 2**63]], FormatKitValueError, r"row 0.*9223372036854775808.*too large"),
+        ([np.array([USER, BOT, 4], dtype=object), np.array([7, 8.5], dtype=object)], FormatKitTypeError,
+         r"row 1.*8\.5"),
+        ([np.array([True, False])], FormatKitTypeError, r"row 0.*bool"),
+        ([np.array([1, 2**63], dtype=np.uint64)], FormatKitValueError, r"row 0.*too large"),
+        (["hello world"], FormatKitTypeError, r"row 0 is a string.*tokenize"),
+        ([[USER, BOT], 5], FormatKitTypeError, r"row 1 is a single int"),
+    ],
+)
+def test_every_id_of_every_row_is_checked(word_tok, rows, error, match):
+    """Issue 9 item 5: the list fast path checked only the first and last id of each row."""
+    with pytest.raises(error, match=match):
+        collate(word_tok, rows)
+
+
+def test_object_arrays_of_ints_and_arrow_pandas_rows_are_accepted(word_tok):
+    """Issue 9 item 14: object-dtype arrays, pandas Series and Arrow arrays of ids are ids, not a shape error."""
+    import pandas as pd
+    import pyarrow as pa
+
+    ids = [[USER, 4, BOT, 5, EOS], [USER, 6, BOT, EOS]]
+    expected = collate(word_tok, ids)
+    for form in (
+        [np.array(r, dtype=object) for r in ids],
+        [pd.Series(r) for r in ids],
+        [pa.array(r) for r in ids],
+        [{"input_ids": pa.array(r)} for r in ids],
+        [pd.Series({"input_ids": r}) for r in ids],  # a DataFrame row
+    ):
+        np.testing.assert_array_equal(collate(word_tok, form)["labels"], expected["labels"])
+
+
+def test_return_tensors_at_call_time_is_checked(word_tok):
+    collator = DataCollatorForCompletionOnlyLM([BOT], tokenizer=word_tok)
+    with pytest.raises(FormatKitValueError, match="'tf'.*'pt' or 'np'"):
+        collator([[USER, BOT, 4]], return_tensors="tf")
+
+
+def test_row_keys_named_like_computed_metadata_do_not_overwrite_it(word_tok):
+    rows = [{"input_ids": [USER, 4, BOT, 5], k: 99, "idx": i} for i, k in
+            enumerate(["cu_seq_lens_q", "max_length_q", "seq_idx"])]
+    rows = [{**r, "cu_seq_lens_q": 99, "max_length_q": 99, "seq_idx": 99} for r in rows]
+    batch = collate(word_tok, rows, padding_free=True)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 8, 12]
+    assert batch["max_length_q"] == 4 and batch["seq_idx"].tolist() == [[0] * 4 + [1] * 4 + [2] * 4]
+    assert batch["idx"].tolist() == [0, 1, 2]
+    padded = collate(word_tok, rows)
+    assert not {"cu_seq_lens_q", "max_length_q", "seq_idx"} & set(padded)
+
+
+def test_numpy_ints_accepted_and_bools_refused_for_int_settings(word_tok):
+    collator = DataCollatorForCompletionOnlyLM([BOT], tokenizer=word_tok, pad_to_multiple_of=np.int64(8),
+                                               ignore_index=np.int32(-1), return_tensors="np")
+    batch = collator([[USER, BOT, 4]])
+    assert batch["input_ids"].shape == (1, 8) and batch["labels"][0, 0] == -1
+    with pytest.raises(FormatKitTypeError, match="pad_to_multiple_of.*True"):
+        DataCollatorForCompletionOnlyLM([BOT], tokenizer=word_tok, pad_to_multiple_of=True)
+    with pytest.raises(FormatKitTypeError, match="ignore_index.*True"):
+        DataCollatorForCompletionOnlyLM([BOT], tokenizer=word_tok, ignore_index=True)
+
+
+def test_padding_free_with_multiple_and_no_pad_token_gives_the_right_hint(load_tokenizer):
+    tok = load_tokenizer("llama-2")
+    with pytest.raises(FormatKitValueError, match="pad_to_multiple_of") as info:
+        collate(tok, [[1, 2, 3]], response_template=[2], padding_free=True, pad_to_multiple_of=8)
+    assert "use padding_free=True" not in str(info.value)
+
+
+def test_on_missing_raise_does_not_suggest_on_missing_raise(word_tok):
+    with pytest.raises(TemplateNotFoundError) as info:
+        collate(word_tok, [[USER, 4, 5]], on_missing="raise")
+    assert "on_missing='raise'" not in str(info.value) and "on_missing='warn'" in str(info.value)
+
+
+def test_tokenizer_as_second_positional_argument_says_what_happened(word_tok):
+    with pytest.raises(FormatKitTypeError, match="second positional argument, which is instruction_template.*tokenizer="):
+        DataCollatorForCompletionOnlyLM("<bot>", word_tok)
+
+
+def test_misconfigured_templates_are_refused(load_tokenizer):
+    """Issue 9 item 8: qwen2 '<|im_start|>' vs '<|im_start|>user\\n'; an end template equal to the last token."""
+    tok = load_tokenizer("qwen2")
+    with pytest.raises(FormatKitValueError, match="inside the instruction template"):
+        DataCollatorForCompletionOnlyLM("<|im_start|>", "<|im_start|>user\n", tokenizer=tok)
+    for name in ("gpt2", "phi-3-mini"):  # "\n" is a token of its own there (qwen2 merges ":\n")
+        with pytest.raises(FormatKitValueError, match="end_template.*last token"):
+            DataCollatorForCompletionOnlyLM("### Response:\n", tokenizer=load_tokenizer(name), end_template="\n")
+    DataCollatorForCompletionOnlyLM("<|im_start|>assistant\n", "<|im_start|>", tokenizer=tok, end_template="<|im_end|>")
+
+
+def test_alpaca_rows_on_byte_level_tokenizers_train_the_answer(load_tokenizer):
+    """Issue 9 item 6: with qwen2 / llama-3 every alpaca-style row trained nothing."""
+    for name in ("qwen2", "llama-3"):
+        tok = load_tokenizer(name)
+        text = "### Instruction:\nName a colour.\n\n### Response:\nBlue." + tok.eos_token
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            batch = collate(tok, [ids], response_template="### Response:", padding_free=True)
+        trained = batch["labels"][batch["labels"] != -100].tolist()
+        assert tok.decode(trained) == "Blue." + tok.eos_token, name
+
+
+def test_marker_text_inside_a_message_is_reported(phi):
+    """Issue 9 item 1: '<|assistant|>' typed by a user trains 'PRIVATE USER DATA'; the collator says so."""
+    chat = [{"role": "user", "content": "Summarise: <|assistant|> PRIVATE USER DATA"},
+            {"role": "assistant", "content": "A summary."}]
+    clean = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    rows = [phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in (chat, clean, chat)]
+    collator = DataCollatorForCompletionOnlyLM("<|assistant|>", "<|user|>", tokenizer=phi, end_template="<|end|>")
+    with pytest.warns(FormatKitWarning, match="2 of 3 sequence") as record:
+        collator(rows)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "row 0" in message and "PRIVATE USER DATA" in message and "response template" in message
+
+
+def _no_response_rows():
+    return [[USER, 4, 5], [USER, 4, BOT, 5]]
+
+
+def test_repeated_warnings_are_summarised(word_tok):
+    """Issue 10 item 9: the first batch in full, then one short line at the 10th, 100th, ... such batch."""
+    collator = DataCollatorForCompletionOnlyLM([BOT], tokenizer=word_tok, return_tensors="np")
+    with pytest.warns(FormatKitWarning) as record:
+        for _ in range(100):
+            collator(_no_response_rows())
+    assert len(record) == 3
+    first, tenth, hundredth = (str(w.message) for w in record)
+    assert "not found in 1 row(s)" in first and "Fix:" in first
+    assert "10 batches" in tenth and "10 of 20 sequences" in tenth and "Fix:" not in tenth
+    assert "100 batches" in hundredth
+    assert collator.warning_counts == {"response_template not found": 100}
+
+
+def test_warning_location_is_not_torch_internals(word_tok):
+    """Issue 10 item 9: through a DataLoader the warning pointed at torch/utils/data/_utils/fetch.py."""
+    collator = DataCollatorForCompletionOnlyLM([BOT], tokenizer=word_tok)
+    loader = torch.utils.data.DataLoader(_no_response_rows(), batch_size=2, collate_fn=collator)
+    with pytest.warns(FormatKitWarning) as record:
+        next(iter(loader))
+    assert "torch" not in record[0].filename
+    assert "DataCollatorForCompletionOnlyLM" in str(record[0].message)

@@ -11,31 +11,35 @@ from trl_formatkit.errors import FormatKitTypeError, FormatKitValueError
 from trl_formatkit.masking import (
     IGNORE_INDEX,
     as_template_list,
+    check_template_roles,
     completion_mask_from_templates,
     cu_seq_lens_from_lengths,
     find_template,
+    find_template_spans,
     find_templates,
     labels_from_mask,
     pad_flat,
     position_ids_from_lengths,
     seq_idx_from_lengths,
+    suspicious_responses,
     template_variants,
 )
 
 
 # -- a slow, obviously-correct reference of the masking rules --------------------------------------------
 def occurrences(seq, variants):
-    """(start, end) spans of any variant in one sequence, overlapping ones merged."""
-    spans = sorted(
-        (i, i + len(v)) for v in variants for i in range(len(seq) - len(v) + 1) if tuple(seq[i : i + len(v)]) == v
-    )
-    merged = []
-    for s, e in spans:
-        if merged and s < merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+    """(start, end) spans of any variant in one sequence, as a plain left-to-right scan finds them: at each
+    position the longest variant that starts there, then the scan goes on after it (leftmost-longest,
+    non-overlapping)."""
+    spans, i = [], 0
+    while i < len(seq):
+        hits = [len(v) for v in variants if tuple(seq[i : i + len(v)]) == tuple(v)]
+        if hits:
+            spans.append((i, i + max(hits)))
+            i += max(hits)
         else:
-            merged.append((s, e))
-    return merged
+            i += 1
+    return spans
 
 
 def reference_mask(seq, response, instruction=(), end=()):
@@ -85,9 +89,26 @@ def test_find_template_does_not_change_input():
     np.testing.assert_array_equal(ids, before)
 
 
-def test_find_templates_merges_nested_and_self_overlapping():
+def test_find_templates_is_a_plain_scan_leftmost_longest_non_overlapping():
+    """Issue 9 item 9: an end template (7, 7) in 7 7 7 is found once, at 0, as str.find / re.finditer would."""
     starts, ends = find_templates(np.array([1, 1, 1, 0]), [(1, 1)])
+    assert list(zip(starts.tolist(), ends.tolist())) == [(0, 2)]
+    starts, ends = find_templates(np.array([7, 7, 7, 7, 7]), [(7, 7)])
+    assert list(zip(starts.tolist(), ends.tolist())) == [(0, 2), (2, 4)]
+    # nested variants: the longest one at the leftmost start wins; a partial overlap is not merged
+    starts, ends = find_templates(np.array([1, 2, 3, 4]), [(2, 3), (1, 2), (1, 2, 3)])
     assert list(zip(starts.tolist(), ends.tolist())) == [(0, 3)]
+    starts, ends = find_templates(np.array([1, 2, 3, 4]), [(1, 2), (2, 3, 4)])
+    assert list(zip(starts.tolist(), ends.tolist())) == [(0, 2)]
+    # the scan restarts in every sequence
+    starts, ends = find_templates(np.array([7, 7, 7, 7, 7]), [(7, 7)], lengths=np.array([3, 2]))
+    assert list(zip(starts.tolist(), ends.tolist())) == [(0, 2), (3, 5)]
+
+
+def test_overlapping_end_template_trains_up_to_the_first_full_match():
+    # 2 response, (7, 7) end: in "2 5 7 7 7 9" the end is 7 7 at 2-3; the third 7 is after the end
+    mask, *_ = completion_mask_from_templates(np.array([2, 5, 7, 7, 7, 9]), np.array([6]), [(2,)], end=[(7, 7)])
+    assert mask.astype(int).tolist() == [0, 1, 1, 1, 0, 0]
     starts, ends = find_templates(np.array([5, 6, 7]), [])
     assert starts.size == 0 and ends.size == 0
 
@@ -187,6 +208,80 @@ def test_variants_find_template_in_real_text(load_tokenizer, name, template):
         assert starts.size >= 1, (name, template, before, tok.convert_ids_to_tokens(ids.tolist()))
         answer = tok.decode(ids[ends[-1] :].tolist())
         assert answer.strip() == "Paris is the capital.", (name, template, before, answer)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama-3", "gpt2", "phi-3-mini", "llama-2"])
+@pytest.mark.parametrize(
+    "template, text, answer",
+    [
+        # byte-level BPE merges ":" with the newline after it into one token (":\n")
+        ("### Response:", "### Instruction:\nHi\n\n### Response:\nHello there", "Hello there"),
+        # ... and ":\n" with an answer that starts with a newline (":\n\n")
+        ("### Response:\n", "### Instruction:\nHi\n\n### Response:\n\nHello there", "Hello there"),
+        ("### Response:", "### Response:\n\nHello there", "Hello there"),
+    ],
+)
+def test_variants_template_whose_last_token_merges_with_a_newline(load_tokenizer, name, template, text, answer):
+    """Issue 9 item 6: the merged token counts as template; the answer is trained from the next token."""
+    tok = load_tokenizer(name)
+    ids = np.array(tok.encode(text, add_special_tokens=False))
+    starts, ends = find_templates(ids, template_variants(tok, template))
+    assert starts.size == 1, (name, tok.convert_ids_to_tokens(ids.tolist()))
+    assert tok.decode(ids[ends[0] :].tolist()).strip() == answer
+
+
+def test_variants_never_swallow_a_word_after_the_template(load_tokenizer):
+    """Only whitespace merged into the template's last token counts as template, never a word of the answer."""
+    for name in ("qwen2", "llama-3", "gpt2"):
+        tok = load_tokenizer(name)
+        for variant in template_variants(tok, "Answer:"):
+            decoded = tok.decode(list(variant))  # a token may reach into the text before the template, never after
+            assert decoded.rstrip().endswith("Answer:"), (name, tok.convert_ids_to_tokens(list(variant)))
+
+
+def test_check_template_roles_rejects_a_response_inside_the_instruction():
+    """Issue 9 item 8: qwen2's '<|im_start|>' as response and '<|im_start|>user\n' as instruction."""
+    with pytest.raises(FormatKitValueError, match="inside the instruction template"):
+        check_template_roles([(151644,)], instruction=[(151644, 872, 198)])
+    with pytest.raises(FormatKitValueError, match="share"):
+        check_template_roles([(5, 6)], instruction=[(5, 6)])
+    # an instruction template that is the start of the response template is fine (masked from its start)
+    check_template_roles([(151644, 77091, 198)], instruction=[(151644,)])
+
+
+def test_check_template_roles_rejects_an_end_template_that_ends_the_response_template():
+    """Issue 9 item 8: end '\n' equal to the response template's last token closes every answer at once."""
+    with pytest.raises(FormatKitValueError, match="end_template .* last token"):
+        check_template_roles([(14374, 5949, 25, 198)], end=[(198,)])
+    check_template_roles([(14374, 5949, 25, 198)], end=[(151645,)])
+    check_template_roles([(2,)], end=[(2, 8)])
+
+
+def test_suspicious_responses_marker_inside_a_user_message():
+    """Issue 9 item 1: '<|assistant|>' typed inside a user turn, an answer with a second response template."""
+    U, A, E = 1, 2, 8
+    user_says_marker = [U, 50, A, 51, E, A, 60, E]  # response template inside an unclosed user turn
+    two_responses = [U, 50, E, A, 60, A, 61, E]  # a second response template before the end
+    clean = [U, 50, E, A, 60, E, U, 52, E, A, 62, E]
+    flat = np.array(user_says_marker + two_responses + clean)
+    lengths = np.array([8, 8, 12])
+    spans = find_template_spans(flat, lengths, [(A,)], instruction=[(U,)], end=[(E,)])
+    assert suspicious_responses(spans).tolist() == [1, 1, 0]
+    # without an end template, user -> response is the normal layout, but two responses in a row are not
+    spans = find_template_spans(flat, lengths, [(A,)], instruction=[(U,)])
+    assert suspicious_responses(spans).tolist() == [1, 1, 0]
+    spans = find_template_spans(np.array([U, 50, A, 60]), np.array([4]), [(A,)], instruction=[(U,)])
+    assert suspicious_responses(spans).tolist() == [0]
+    # single-turn rule (response only): several responses are trl's documented multi-turn case, not flagged
+    assert suspicious_responses(find_template_spans(flat, lengths, [(A,)])).tolist() == [0, 0, 0]
+
+
+def test_suspicious_responses_ignores_an_instruction_template_that_starts_the_response():
+    """qwen2: instruction '<|im_start|>' is also the first token of '<|im_start|>assistant\n'."""
+    S, ASST, END = 151644, 77091, 151645
+    row = [S, 872, 50, END, S, ASST, 60, END]
+    spans = find_template_spans(np.array(row), np.array([8]), [(S, ASST)], instruction=[(S,)], end=[(END,)])
+    assert suspicious_responses(spans).tolist() == [0]
 
 
 def test_template_that_encodes_to_nothing(load_tokenizer):

@@ -9,41 +9,43 @@ keys, and these differences:
 - multi-turn masking is a clean rule (trained = after a response template, until the next instruction
   template), optional ``end_template``, several instruction templates;
 - ``padding_free=True`` also returns ``cu_seq_lens_q/k``, ``max_length_q/k`` and ``seq_idx`` like trl 1.x;
-- rows that train nothing are reported once per batch with a decoded preview and the fix.
+- rows that train nothing, and response templates where no answer can start (marker text typed inside a
+  message), are reported with a decoded preview and the fix: in full the first time, then as one short line at
+  the 10th, 100th, 1000th ... batch with the same cause, so a training log is not flooded;
+- every id of every row is checked (ints only: no floats, strings, bools, None or ids past int64).
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from .errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning, TemplateNotFoundError
+from .errors import FormatKitTypeError, FormatKitValueError, FormatKitWarning, TemplateNotFoundError, preview
 from .masking import (
     IGNORE_INDEX,
     TemplateSpec,
     as_template_list,
-    completion_mask_from_templates,
+    check_template_roles,
+    completion_mask_from_spans,
     cu_seq_lens_from_lengths,
+    find_template_spans,
     labels_from_mask,
+    pad_flat,
     position_ids_from_lengths,
-    real_token_mask,
     seq_idx_from_lengths,
+    suspicious_responses,
     template_variants,
 )
+from .rows import flatten_rows
 
 __all__ = ["DataCollatorForCompletionOnlyLM"]
 
-# Per-token keys the collator computes itself; an incoming value is replaced (labels are recomputed from the
-# templates) or consumed (attention_mask strips pre-padding, seq_lengths splits packed rows).
-_COMPUTED_KEYS = frozenset(
-    {"input_ids", "labels", "attention_mask", "position_ids", "seq_lengths", "completion_mask", "assistant_masks"}
-)
 _PREVIEW_CHARS = 300
+_RETURN_TENSORS = ("pt", "np")
 
 
 @dataclass
@@ -51,7 +53,8 @@ class DataCollatorForCompletionOnlyLM:
     """Completion-only labels for causal LM fine-tuning: prompts masked with ``-100``, answers trained.
 
     Keys in (per example): ``input_ids`` (list of ints, numpy array or tensor), or the ids alone. Optional:
-    ``attention_mask`` (pre-padded rows: positions with 0 are dropped before collating), ``seq_lengths``
+    ``attention_mask`` (pre-padded rows: 0s at the start or end are dropped before collating; a 0 between 1s is
+    refused), ``seq_lengths``
     (rows packed by trl's BFD packing: each part is its own sequence; templates never match across parts),
     ``labels`` / ``completion_mask`` / ``assistant_masks`` (replaced by labels computed from the templates),
     ``position_ids`` (recomputed). Other keys whose values are plain numbers (an ``idx``) are passed through
@@ -89,9 +92,18 @@ class DataCollatorForCompletionOnlyLM:
         match_in_context: also find string templates as they tokenize inside text; False reproduces trl
             0.19's exact matching.
         on_missing: what to do with a row where a template is not found (or nothing is trained): ``"warn"``
-            (trl's behaviour: its labels are all ``ignore_index``; one warning per batch), ``"raise"``,
-            ``"ignore"``.
+            (trl's behaviour: its labels are all ``ignore_index``; a warning, in full for the first such batch,
+            then one line at the 10th, 100th, ... such batch; ``warning_counts`` keeps the totals),
+            ``"raise"``, ``"ignore"``.
         end_template: string or ids (or several) that end an assistant answer (trained, inclusive).
+
+    Templates are found in the ids, blind to the conversation's structure: ``<|assistant|>`` typed inside a user
+    message opens an answer there. The collator warns when a response template sits where no answer can start
+    (after another response template with no end or instruction template between, or, with ``end_template``,
+    inside a turn an instruction template opened and no end template closed). For ``messages`` data,
+    ``trl_formatkit.SFTTrainer`` masks from the conversation's structure instead, where text cannot open a turn.
+
+    Warnings name the collator and point at this class, not at the DataLoader internals that called it.
 
     Raises:
         FormatKitValueError / FormatKitTypeError: bad configuration or bad rows, naming the value and the fix.
@@ -134,8 +146,36 @@ class DataCollatorForCompletionOnlyLM:
     _response_variants: list[tuple[int, ...]] = field(init=False, repr=False)
     _instruction_variants: list[tuple[int, ...]] = field(init=False, repr=False)
     _end_variants: list[tuple[int, ...]] = field(init=False, repr=False)
+    #: sequences reported per cause since the collator was made (``{"response_template not found": 12}``)
+    warning_counts: dict[str, int] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # per cause: [batches with it, sequences in those batches]
+    _warned: dict[str, list[int]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_settings()
+        self._response_variants = self._encode(self.response_template, "response_template")
+        if not self._response_variants:
+            raise FormatKitValueError(
+                "response_template is required: the text (or token ids) that starts an assistant answer, for "
+                "example '<|assistant|>' or '### Answer:'"
+            )
+        self._instruction_variants = self._encode(self.instruction_template, "instruction_template")
+        self._end_variants = self._encode(self.end_template, "end_template")
+        check_template_roles(self._response_variants, self._instruction_variants, self._end_variants)
+        # trl 0.19 attributes, kept for code that reads them
+        first = as_template_list(self.response_template)[0]
+        self.response_token_ids = list(self._exact(first))
+        instructions = as_template_list(self.instruction_template)
+        self.instruction_token_ids = list(self._exact(instructions[0])) if instructions else None
+
+    def _check_settings(self) -> None:
+        if _looks_like_tokenizer(self.instruction_template):
+            raise FormatKitTypeError(
+                f"DataCollatorForCompletionOnlyLM got a {type(self.instruction_template).__name__} as its second "
+                "positional argument, which is instruction_template (trl 0.19's order: response_template, "
+                "instruction_template, then the tokenizer by keyword). Pass the tokenizer by keyword: "
+                f"DataCollatorForCompletionOnlyLM({preview(self.response_template, 60)}, tokenizer=tokenizer)"
+            )
         if self.tokenizer is None:
             raise FormatKitTypeError(
                 "DataCollatorForCompletionOnlyLM needs the tokenizer that made the ids: "
@@ -148,35 +188,14 @@ class DataCollatorForCompletionOnlyLM:
             )
         if self.on_missing not in ("warn", "raise", "ignore"):
             raise FormatKitValueError(f"on_missing must be 'warn', 'raise' or 'ignore', got {self.on_missing!r}")
-        if self.return_tensors not in ("pt", "np"):
-            raise FormatKitValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
-        if self.pad_to_multiple_of is not None and (
-            not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of < 1
-        ):
-            raise FormatKitValueError(
-                f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}"
-            )
-        if not isinstance(self.ignore_index, int):
-            raise FormatKitTypeError(f"ignore_index must be an int, got {self.ignore_index!r}")
-        self._response_variants = self._encode(self.response_template, "response_template")
-        if not self._response_variants:
-            raise FormatKitValueError(
-                "response_template is required: the text (or token ids) that starts an assistant answer, for "
-                "example '<|assistant|>' or '### Answer:'"
-            )
-        self._instruction_variants = self._encode(self.instruction_template, "instruction_template")
-        self._end_variants = self._encode(self.end_template, "end_template")
-        clash = set(self._response_variants) & set(self._instruction_variants)
-        if clash:
-            raise FormatKitValueError(
-                f"response_template and instruction_template share the token ids {sorted(clash)}: the collator "
-                "could not tell a user turn from an assistant turn; use distinct templates"
-            )
-        # trl 0.19 attributes, kept for code that reads them
-        first = as_template_list(self.response_template)[0]
-        self.response_token_ids = list(self._exact(first))
-        instructions = as_template_list(self.instruction_template)
-        self.instruction_token_ids = list(self._exact(instructions[0])) if instructions else None
+        _check_return_tensors(self.return_tensors)
+        if self.pad_to_multiple_of is not None:
+            self.pad_to_multiple_of = _int_setting(self.pad_to_multiple_of, "pad_to_multiple_of", "a positive int or None")
+            if self.pad_to_multiple_of < 1:
+                raise FormatKitValueError(
+                    f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}"
+                )
+        self.ignore_index = _int_setting(self.ignore_index, "ignore_index", "an int (usually -100)")
 
     # -- templates -----------------------------------------------------------------------------------------
     def _exact(self, template: str | tuple[int, ...]) -> tuple[int, ...]:
@@ -198,22 +217,24 @@ class DataCollatorForCompletionOnlyLM:
 
     # -- collation -----------------------------------------------------------------------------------------
     def __call__(self, examples: Sequence[Any], return_tensors: str | None = None) -> dict[str, Any]:
-        return_tensors = return_tensors or self.return_tensors
-        flat, row_lengths, seq_lengths, extras = _flatten(examples)
-        mask, has_response, has_instruction = completion_mask_from_templates(
+        return_tensors = _check_return_tensors(return_tensors or self.return_tensors)
+        flat, row_lengths, seq_lengths, extras = flatten_rows(examples)
+        spans = find_template_spans(
             flat, seq_lengths, self._response_variants, self._instruction_variants, self._end_variants
         )
-        starts = np.zeros(seq_lengths.shape[0], dtype=np.int64)
-        np.cumsum(seq_lengths[:-1], out=starts[1:])
+        mask, has_response, has_instruction = completion_mask_from_spans(spans, int(flat.shape[0]))
+        starts = spans.offsets[:-1]
         # The first token of a sequence is never a target: nothing before it in the sequence predicts it.
         mask[starts] = False
         problem = ~has_response | ~has_instruction
         trained = np.add.reduceat(mask, starts, dtype=np.int64)
         empty = ~problem & (trained == 0)
-        if problem.any() or empty.any():
-            if problem.any():
-                mask &= ~np.repeat(problem, seq_lengths)  # trl's behaviour: such a row trains nothing
-            self._report(flat, seq_lengths, starts, has_response, has_instruction, empty)
+        suspicious = suspicious_responses(spans)
+        if problem.any():
+            mask &= ~np.repeat(problem, seq_lengths)  # trl's behaviour: such a row trains nothing
+        if problem.any() or empty.any() or suspicious.any():
+            batch = _Batch(flat, seq_lengths, starts)
+            self._report(batch, has_response, has_instruction, empty, suspicious)
         labels = labels_from_mask(flat, mask, self.ignore_index)
 
         if self.padding_free:
@@ -239,6 +260,12 @@ class DataCollatorForCompletionOnlyLM:
                 if unk is not None and unk != getattr(self.tokenizer, "eos_token", None)
                 else "trl_formatkit.fix_special_tokens(tokenizer)"
             )
+            if self.padding_free:  # only pad_to_multiple_of pads a padding-free batch
+                raise FormatKitValueError(
+                    f"{type(self.tokenizer).__name__} has no pad token, which padding_free=True needs only to fill "
+                    f"the batch up to pad_to_multiple_of={self.pad_to_multiple_of}. Set one that is not the EOS "
+                    f"token: {hint}, or drop pad_to_multiple_of"
+                )
             raise FormatKitValueError(
                 f"{type(self.tokenizer).__name__} has no pad token, which padding needs. Set one that is not "
                 f"the EOS token: {hint}, or use padding_free=True"
@@ -271,70 +298,118 @@ class DataCollatorForCompletionOnlyLM:
         self, flat: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray, seq_lengths: np.ndarray
     ) -> dict[str, Any]:
         side = getattr(self.tokenizer, "padding_side", "right")
+        multiple = self.pad_to_multiple_of
         width = int(row_lengths.max())
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        n_rows = row_lengths.shape[0]
-        real = real_token_mask(row_lengths, width, side)
-        needs_pad = width * n_rows != flat.shape[0]
-        input_ids = np.full((n_rows, width), self._pad_id() if needs_pad else 0, dtype=np.int64)
-        input_ids[real] = flat
-        padded_labels = np.full((n_rows, width), self.ignore_index, dtype=np.int64)
-        padded_labels[real] = labels
-        attention_mask = real.astype(np.int64)
-        out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": padded_labels}
-        if seq_lengths.shape[0] != n_rows:  # packed rows: positions restart with every packed sequence
-            position_ids = np.zeros((n_rows, width), dtype=np.int64)
-            position_ids[real] = position_ids_from_lengths(seq_lengths)
-            out["position_ids"] = position_ids
+        width = -(-width // multiple) * multiple if multiple else width
+        needs_pad = width * row_lengths.shape[0] != flat.shape[0]
+        columns = [flat, labels, np.ones_like(flat)]  # the last one becomes the attention mask
+        pads = [self._pad_id() if needs_pad else 0, self.ignore_index, 0]
+        packed = seq_lengths.shape[0] != row_lengths.shape[0]
+        if packed:  # packed rows: positions restart with every packed sequence
+            columns.append(position_ids_from_lengths(seq_lengths))
+            pads.append(0)
+        padded = pad_flat(columns, row_lengths, pads, padding_side=side, pad_to_multiple_of=multiple)
+        out = {"input_ids": padded[0], "attention_mask": padded[2], "labels": padded[1]}
+        if packed:
+            out["position_ids"] = padded[3]
         return out
 
     # -- reporting -----------------------------------------------------------------------------------------
     def _report(
         self,
-        flat: np.ndarray,
-        seq_lengths: np.ndarray,
-        starts: np.ndarray,
+        batch: _Batch,
         has_response: np.ndarray,
         has_instruction: np.ndarray,
         empty: np.ndarray,
+        suspicious: np.ndarray,
     ) -> None:
+        n_seq = int(batch.lengths.shape[0])
+        if suspicious.any():
+            self._warn_layout(batch, suspicious)
         if self.on_missing == "ignore":
             return
-        n_seq = seq_lengths.shape[0]
-        lines = []
-        no_response = np.flatnonzero(~has_response)
-        no_instruction = np.flatnonzero(has_response & ~has_instruction)
-        if no_response.size:
-            lines.append(self._missing_line("response_template", self.response_template, no_response, flat,
-                                            starts, seq_lengths))
-        if no_instruction.size:
-            lines.append(self._missing_line("instruction_template", self.instruction_template, no_instruction,
-                                            flat, starts, seq_lengths))
-        if empty.any():
-            rows = np.flatnonzero(empty)
-            i = int(rows[0])
-            lines.append(
-                f"- {rows.size} row(s) (first: row {i}) contain the response template but nothing after it to "
-                f"train, usually because they were cut at max_length: {self._preview(flat, starts, seq_lengths, i)}"
-                "\n  Fix: raise max_length, or filter rows longer than it before training."
-            )
-        count = int(no_response.size + no_instruction.size + empty.sum())
-        message = (
+        causes = {
+            "response_template not found": np.flatnonzero(~has_response),
+            "instruction_template not found": np.flatnonzero(has_response & ~has_instruction),
+            "nothing after the response template": np.flatnonzero(empty),
+        }
+        causes = {cause: rows for cause, rows in causes.items() if rows.size}
+        if not causes:
+            return
+        count = sum(rows.size for rows in causes.values())
+        headline = (
             f"DataCollatorForCompletionOnlyLM: {count} of {n_seq} sequence(s) in this batch train nothing; their "
-            f"labels are all {self.ignore_index} (ignored in the loss).\n" + "\n".join(lines) + "\n"
-            "Set on_missing='raise' to stop on such rows, or on_missing='ignore' to silence this warning."
+            f"labels are all {self.ignore_index} (ignored in the loss)."
         )
         if self.on_missing == "raise":
-            raise TemplateNotFoundError(message)
-        warnings.warn(message, FormatKitWarning, stacklevel=3)
+            lines = [self._cause_line(cause, rows, batch) for cause, rows in causes.items()]
+            raise TemplateNotFoundError(
+                "\n".join([headline, *lines, "Set on_missing='warn' to train on the other rows and be told, or "
+                           "on_missing='ignore' to skip such rows silently."])
+            )
+        self._warn_summarised(headline, causes, batch, "Set on_missing='raise' to stop on such rows, or "
+                              "on_missing='ignore' to silence this warning.")
+
+    def _warn_layout(self, batch: _Batch, suspicious: np.ndarray) -> None:
+        rows = np.flatnonzero(suspicious)
+        headline = (
+            f"DataCollatorForCompletionOnlyLM: {rows.size} of {batch.lengths.shape[0]} sequence(s) in this batch have "
+            "a response template where no answer can start; what follows it is trained."
+        )
+        self._warn_summarised(
+            headline,
+            {"response template where no answer can start": rows},
+            batch,
+            "If these rows are right, silence this with warnings.filterwarnings('ignore', "
+            "message='DataCollatorForCompletionOnlyLM: .* where no answer can start').",
+        )
+
+    def _warn_summarised(self, headline: str, causes: dict[str, np.ndarray], batch: _Batch, tail: str) -> None:
+        """Warn in full the first time a cause is seen, then one line at its 10th, 100th, ... batch."""
+        full, short = [], []
+        for cause, rows in causes.items():
+            total = self.warning_counts[cause] = self.warning_counts.get(cause, 0) + int(rows.size)
+            state = self._warned.setdefault(cause, [0, 0])
+            state[0] += 1
+            state[1] += int(batch.lengths.shape[0])
+            seen = state[0]
+            if seen == 1:
+                full.append(self._cause_line(cause, rows, batch))
+            elif _is_power_of_ten(seen):
+                short.append(
+                    f"- {cause}: {seen} batches so far ({total} of {state[1]} sequences in them); shown in full "
+                    f"the first time, next line at {seen * 10} batches; totals in collator.warning_counts."
+                )
+        if full:
+            _warn("\n".join([headline, *full, *short, tail]))
+        elif short:
+            _warn("\n".join(["DataCollatorForCompletionOnlyLM: still seeing the rows it warned about:", *short]))
+
+    def _cause_line(self, cause: str, rows: np.ndarray, batch: _Batch) -> str:
+        if cause == "response_template not found":
+            return self._missing_line("response_template", self.response_template, rows, batch.flat, batch.starts,
+                                      batch.lengths)
+        if cause == "instruction_template not found":
+            return self._missing_line("instruction_template", self.instruction_template, rows, batch.flat,
+                                      batch.starts, batch.lengths)
+        i = int(rows[0])
+        if cause == "nothing after the response template":
+            return (
+                f"- {rows.size} row(s) (first: row {i}) contain the response template but nothing after it to "
+                f"train, usually because they were cut at max_length: {self._preview(batch.flat, batch.starts, batch.lengths, i)}"
+                "\n  Fix: raise max_length, or filter rows longer than it before training."
+            )
+        return (
+            f"- {rows.size} row(s) (first: row {i}): a response template inside a turn that an instruction template "
+            "opened and no end template closed, or a second response template before an end: marker text typed "
+            f"inside a message? {self._preview(batch.flat, batch.starts, batch.lengths, i)}\n  Fix: for messages "
+            "data, let trl_formatkit.SFTTrainer mask from the conversation's structure; or give end_template, or "
+            "remove the marker text from the messages."
+        )
 
     def _preview(self, flat: np.ndarray, starts: np.ndarray, seq_lengths: np.ndarray, i: int) -> str:
         ids = flat[starts[i] : starts[i] + seq_lengths[i]]
-        text = self.tokenizer.decode(ids.tolist())
-        if len(text) > _PREVIEW_CHARS:
-            text = text[:_PREVIEW_CHARS] + "..."
-        return repr(text)
+        return preview(self.tokenizer.decode(ids.tolist()), _PREVIEW_CHARS)
 
     def _missing_line(
         self,
@@ -385,131 +460,53 @@ def _ids_in_text(tokenizer: Any, text: str, needle: str) -> list[int] | None:
     return ids or None
 
 
-def _flatten(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """All rows' ids end to end, the rows' lengths, the sequences' lengths, and pass-through extras."""
-    if isinstance(examples, Mapping) or not isinstance(examples, Sequence) or isinstance(examples, str):
-        if isinstance(examples, Mapping) and "input_ids" in examples:
-            raise FormatKitTypeError(
-                "the collator got one dict of columns; it takes a list of rows, one dict per row: "
-                "collator([dataset[i] for i in range(n)]) or DataLoader(dataset, collate_fn=collator)"
-            )
-        raise FormatKitTypeError(f"the collator takes a list of rows, got {type(examples).__name__}")
-    if len(examples) == 0:
-        raise FormatKitValueError("the collator got an empty batch (no rows)")
-    rows: list[Any] = []
-    packed: dict[int, Any] = {}
-    extras: dict[str, list[Any]] = {}
-    for i, example in enumerate(examples):
-        if isinstance(example, Mapping):
-            if "input_ids" not in example:
-                raise FormatKitValueError(
-                    f"row {i} has no 'input_ids' (keys: {sorted(example)}); tokenize the text first, for example "
-                    "dataset.map(lambda row: tokenizer(row['text']))"
-                )
-            ids = example["input_ids"]
-            mask = example.get("attention_mask")
-            if mask is not None:
-                ids = _strip_padding(ids, mask, i)
-            if example.get("seq_lengths") is not None:
-                packed[i] = example["seq_lengths"]
-            for key, value in example.items():
-                if key not in _COMPUTED_KEYS:
-                    extras.setdefault(key, []).append(value)
-        else:
-            ids = example
-        rows.append(ids)
+class _Batch(NamedTuple):
+    """A flat batch as the reports read it."""
 
-    if all(type(r) is list for r in rows):
-        for i, r in enumerate(rows):
-            if not r:
-                raise FormatKitValueError(_EMPTY_ROW.format(i=i))
-            if not (_is_int_token(r[0]) and _is_int_token(r[-1])):
-                raise FormatKitTypeError(_NOT_INT.format(i=i, value=r[0] if not _is_int_token(r[0]) else r[-1]))
-        row_lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(row_lengths.sum()))
-    else:
-        arrays = [_as_int_array(r, i) for i, r in enumerate(rows)]
-        row_lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int64, count=len(arrays))
-        flat = np.concatenate(arrays).astype(np.int64, copy=False)
-    if flat.size and int(flat.min()) < 0:
-        bad = int(np.flatnonzero(flat < 0)[0])
-        row = int(np.searchsorted(np.cumsum(row_lengths), bad, side="right"))
+    flat: np.ndarray
+    lengths: np.ndarray
+    starts: np.ndarray
+
+
+# Warnings point here (the collator's class) instead of at whatever called the collator: through a DataLoader that
+# is torch's fetch.py, which tells a user nothing.
+_WARN_AT: list[tuple[str, int]] = []
+
+
+def _warn(message: str) -> None:
+    if not _WARN_AT:
+        import inspect
+
+        _WARN_AT.append((__file__, inspect.getsourcelines(DataCollatorForCompletionOnlyLM)[1]))
+    filename, lineno = _WARN_AT[0]
+    warnings.warn_explicit(message, FormatKitWarning, filename, lineno, module=__name__)
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def _looks_like_tokenizer(value: Any) -> bool:
+    return hasattr(value, "encode") and hasattr(value, "decode") and not isinstance(value, (str, bytes, Sequence))
+
+
+def _int_setting(value: Any, name: str, allowed: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise FormatKitTypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _check_return_tensors(value: Any) -> str:
+    if value not in _RETURN_TENSORS:
         raise FormatKitValueError(
-            f"row {row} contains the negative token id {int(flat[bad])}: input_ids must be vocabulary ids "
-            "(labels use -100, not input_ids)"
+            f"return_tensors={value!r} is not supported: return_tensors must be 'pt' or 'np' (torch tensors or "
+            "numpy arrays)"
         )
-
-    seq_lengths = row_lengths
-    if packed:
-        parts = []
-        for i, n in enumerate(row_lengths.tolist()):
-            if i in packed:
-                lens = _as_int_array(packed[i], i, what="seq_lengths")
-                if int(lens.sum()) != n or (lens <= 0).any():
-                    raise FormatKitValueError(
-                        f"row {i}: seq_lengths {lens.tolist()} must be positive and add up to the row's "
-                        f"{n} tokens"
-                    )
-                parts.append(lens)
-            else:
-                parts.append(np.array([n], dtype=np.int64))
-        seq_lengths = np.concatenate(parts).astype(np.int64, copy=False)
-    return flat, row_lengths, seq_lengths, _numeric_extras(extras, len(rows))
+    return value
 
 
-_EMPTY_ROW = (
-    "row {i} has no tokens; drop empty rows before training, for example "
-    "dataset.filter(lambda row: len(row['input_ids']) > 0)"
-)
-_NOT_INT = (
-    "row {i}'s input_ids contain {value!r}, which is not an int token id; pass the ids the tokenizer returned "
-    "(lists of ints, integer numpy arrays or tensors)"
-)
-
-
-def _is_int_token(x: Any) -> bool:
-    return (type(x) is int) or (isinstance(x, (int, np.integer)) and not isinstance(x, bool))
-
-
-def _as_int_array(value: Any, i: int, what: str = "input_ids") -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    if arr.ndim != 1:
-        raise FormatKitValueError(
-            f"row {i}'s {what} has shape {tuple(arr.shape)}; each row must be 1-D. If you tokenized with "
-            "return_tensors='pt', drop it (or pass ids[0])"
-        )
-    if arr.size == 0:
-        raise FormatKitValueError(_EMPTY_ROW.format(i=i) if what == "input_ids" else f"row {i}'s {what} is empty")
-    if arr.dtype.kind not in "iu":
-        bad = arr.flat[0] if arr.dtype.kind != "f" else arr[arr != np.round(arr)][:1].tolist() or arr.flat[0]
-        raise FormatKitTypeError(_NOT_INT.format(i=i, value=bad) if what == "input_ids" else
-                                 f"row {i}'s {what} must be ints, got dtype {arr.dtype}")
-    return arr
-
-
-def _strip_padding(ids: Any, mask: Any, i: int) -> Any:
-    """Drop the positions a pre-padded row marks with attention_mask == 0."""
-    mask_arr = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
-    if mask_arr.all():
-        return ids
-    ids_arr = _as_int_array(ids, i)
-    if mask_arr.shape != ids_arr.shape:
-        raise FormatKitValueError(
-            f"row {i}: attention_mask has shape {tuple(mask_arr.shape)} but input_ids {tuple(ids_arr.shape)}"
-        )
-    return ids_arr[mask_arr.astype(bool)]
-
-
-def _numeric_extras(extras: dict[str, list[Any]], n_rows: int) -> dict[str, np.ndarray]:
-    out = {}
-    for key, values in extras.items():
-        if len(values) == n_rows and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values
-        ):
-            out[key] = np.asarray(values)
-    return out
 
 
 def _to_tensors(batch: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,12 @@ elsewhere. Labels are *not* shifted (the model shifts them).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import FormatKitTypeError, FormatKitValueError
+from .errors import FormatKitValueError
+from .templates import TemplateSpec, as_template_list, template_variants  # re-exported: masking.X as before
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,7 +26,12 @@ __all__ = [
     "template_variants",
     "find_template",
     "find_templates",
+    "TemplateSpans",
+    "find_template_spans",
+    "completion_mask_from_spans",
     "completion_mask_from_templates",
+    "suspicious_responses",
+    "check_template_roles",
     "labels_from_mask",
     "position_ids_from_lengths",
     "cu_seq_lens_from_lengths",
@@ -36,164 +42,6 @@ __all__ = [
 
 IGNORE_INDEX = -100
 """Label of a token the loss ignores (PyTorch's ``CrossEntropyLoss(ignore_index=-100)``)."""
-
-# A template as the user gives it: a string, a list of token ids, or several of either.
-TemplateSpec = str | Sequence[int] | Sequence[str | Sequence[int]]
-
-# Text placed before and after a template to see how it tokenizes in context. Before: start of text, after a
-# newline, a blank line, a space, a word, punctuation (and the tokenizer's own special tokens, added at run time).
-_PREFIX_CONTEXTS = (
-    "", "\n", "\n\n", " ", ".", ":", "x", "x\n", "x\n\n", "x ", "x.", "x.\n", "x:", "x: ", "x!", "x?", "x,", "x)",
-)  # fmt: skip
-# After: end of text, a space and a word, a newline; a word right after only where the template ends in
-# whitespace (elsewhere it would glue the template's last characters to a word no real text has).
-_SUFFIX_CONTEXTS = ("", " x", "\n", "\nx", " ")
-
-
-def as_template_list(template: TemplateSpec | None, name: str = "template") -> list[str | tuple[int, ...]]:
-    """Normalise a template argument to a list of templates (strings or tuples of ids).
-
-    A string or a flat list of ints is *one* template; a list of strings or of id lists is several.
-
-    Example:
-        >>> as_template_list("<|assistant|>")
-        ['<|assistant|>']
-        >>> as_template_list([32001])
-        [(32001,)]
-        >>> as_template_list(["<|user|>", [32006]])
-        ['<|user|>', (32006,)]
-        >>> as_template_list(None)
-        []
-    """
-    if template is None:
-        return []
-    if isinstance(template, str):
-        return [template]
-    if hasattr(template, "tolist"):  # numpy array / torch tensor of ids
-        template = template.tolist()
-    if not isinstance(template, Sequence):
-        raise FormatKitTypeError(
-            f"{name} must be a string, a list of token ids, or a list of those; got {type(template).__name__}: "
-            f"{template!r}"
-        )
-    items = list(template)
-    if not items:
-        raise FormatKitValueError(f"{name} is empty ({template!r}): give the template text or its token ids")
-    if all(_is_int(x) for x in items):
-        return [tuple(int(x) for x in items)]
-    out: list[str | tuple[int, ...]] = []
-    for item in items:
-        if isinstance(item, str):
-            out.append(item)
-        elif hasattr(item, "tolist") or isinstance(item, Sequence):
-            ids = item.tolist() if hasattr(item, "tolist") else list(item)
-            if not ids or not all(_is_int(x) for x in ids):
-                raise FormatKitTypeError(
-                    f"{name} contains {item!r}, which is neither a string nor a non-empty list of int token ids"
-                )
-            out.append(tuple(int(x) for x in ids))
-        else:
-            raise FormatKitTypeError(
-                f"{name} mixes token ids and other values ({template!r}); give one list of ids, or a list of "
-                "templates (strings or id lists)"
-            )
-    return out
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def template_variants(tokenizer: Any, template: str, *, match_in_context: bool = True) -> list[tuple[int, ...]]:
-    """Token-id sequences a template string can turn into, first the exact encoding.
-
-    ``match_in_context=False`` gives only ``tokenizer.encode(template, add_special_tokens=False)``, which is what
-    trl 0.19 searched for. The default adds the ids the template's characters get *inside* text: after a newline,
-    a space, a word or a special token, and before the text that follows. A token that straddles the start of the
-    template (a merged ``\\n\\n``, SentencePiece's ``▁``) is kept in that variant; a token that straddles its end
-    (trailing whitespace merged into the answer's first word) is left out, so the answer is never masked; so is
-    a token where the template's leading whitespace merged with the text before it (Qwen2's ``".\\n"``).
-
-    Args:
-        tokenizer: a Hugging Face tokenizer (fast tokenizers give exact offsets; slow ones fall back to prefix
-            differences).
-        template: the template text, for example ``"### Assistant:"``.
-        match_in_context: also return in-context variants.
-
-    Returns:
-        Distinct, non-empty id tuples, the exact encoding first.
-
-    Raises:
-        FormatKitValueError: the template encodes to no tokens.
-
-    Example:
-        >>> from tokenizers import Tokenizer, models, pre_tokenizers
-        >>> from transformers import PreTrainedTokenizerFast
-        >>> vocab = {"[UNK]": 0, "Answer": 1, ":": 2, "Hi": 3, ".": 4, "x": 5}
-        >>> backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-        >>> backend.pre_tokenizer = pre_tokenizers.Whitespace()
-        >>> tok = PreTrainedTokenizerFast(tokenizer_object=backend)
-        >>> template_variants(tok, "Answer:")
-        [(1, 2)]
-    """
-    exact = tuple(tokenizer.encode(template, add_special_tokens=False))
-    if not exact:
-        raise FormatKitValueError(
-            f"template {template!r} encodes to no tokens with {type(tokenizer).__name__}; give a template with "
-            "visible text, or its token ids"
-        )
-    variants = [exact]
-    if not match_in_context:
-        return variants
-    prefixes = list(_PREFIX_CONTEXTS)
-    for special in (getattr(tokenizer, "eos_token", None), getattr(tokenizer, "bos_token", None)):
-        if isinstance(special, str) and special:
-            prefixes += [special, special + "\n"]
-    for prefix in prefixes:
-        for suffix in _SUFFIX_CONTEXTS + (("x",) if template[-1:].isspace() else ()):
-            ids = _ids_covering(tokenizer, prefix, template, suffix)
-            if ids and ids not in variants:
-                variants.append(ids)
-    return variants
-
-
-def _ids_covering(tokenizer: Any, prefix: str, template: str, suffix: str) -> tuple[int, ...] | None:
-    """Ids of the tokens that cover ``template`` inside ``prefix + template + suffix``."""
-    start, end = len(prefix), len(prefix) + len(template)
-    text = prefix + template + suffix
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        ids = enc["input_ids"]
-    except (NotImplementedError, ValueError, TypeError, KeyError):
-        offsets = None
-    if offsets is None:  # slow tokenizer: the template's ids are what the prefix's encoding does not explain
-        full = tokenizer.encode(text, add_special_tokens=False)
-        head = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
-        tail = tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
-        if full[: len(head)] != head or (tail and full[len(full) - len(tail) :] != tail):
-            return None
-        core = full[len(head) : len(full) - len(tail)]
-        return tuple(core) or None
-    picked = []
-    for tok, (a, b) in zip(ids, offsets, strict=True):
-        # overlaps the template and does not run past its end; zero-width tokens at the start belong to the prefix
-        if b > start and a < end and b <= end and not (a == b == start):
-            if a < start:  # the token merged the template's first characters with the context
-                if template[: b - start].isspace():
-                    continue  # only leading whitespace merged (".\n", "\n\n"): the rest is the template there
-                if any(c.isalnum() for c in prefix[a:start]):
-                    return None  # glued to a word ("xAnswer"): would only match that word
-            picked.append(tok)
-    if not picked:
-        return None
-    # it must read back as the template: an unknown token (<unk>, or a tokenizer whose vocabulary maps
-    # unknown words to some other id) would match any unknown text
-    decoded = tokenizer.decode(picked, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if " ".join(template.split()) not in " ".join(decoded.split()):
-        return None
-    return tuple(picked)
-
 
 def find_template(ids: np.ndarray, template: Sequence[int], lengths: np.ndarray | None = None) -> np.ndarray:
     """Start positions of every occurrence of ``template`` in a flat id array.
@@ -230,13 +78,20 @@ def find_templates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(starts, ends)`` of the occurrences of any of ``variants``, sorted by start (end exclusive).
 
-    Overlapping occurrences (one variant inside another, a template overlapping itself) merge into one span.
+    The rule is a plain left-to-right scan, as ``str.find`` or ``re.finditer`` would do it: at each position the
+    *longest* variant that starts there is taken, and the scan goes on after its end (leftmost-longest,
+    non-overlapping). So a template overlapping itself (an end template ``(7, 7)`` in ``7 7 7``) is found once,
+    at the first position, and a variant nested inside a longer one at the same place is not found again. The
+    scan restarts in every sequence (``lengths``): an occurrence never crosses sequences.
 
     Example:
         >>> ids = np.array([7, 13, 20, 21, 5, 20, 21, 6])
         >>> starts, ends = find_templates(ids, [(20, 21), (13, 20, 21)])
         >>> starts.tolist(), ends.tolist()
         ([1, 5], [4, 7])
+        >>> starts, ends = find_templates(np.array([7, 7, 7, 1]), [(7, 7)])
+        >>> starts.tolist(), ends.tolist()
+        ([0], [2])
     """
     starts_l, ends_l = [], []
     for variant in variants:
@@ -245,20 +100,74 @@ def find_templates(
         ends_l.append(s + len(variant))
     if not starts_l:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    if len(starts_l) == 1:  # one variant: already sorted
+    if len(starts_l) == 1:  # one variant: already sorted, one length
         starts, ends = starts_l[0], ends_l[0]
     else:
         starts, ends = np.concatenate(starts_l), np.concatenate(ends_l)
         order = np.lexsort((-ends, starts))
         starts, ends = starts[order], ends[order]
+        longest = np.ones(starts.size, dtype=bool)  # the longest variant at each start
+        longest[1:] = starts[1:] != starts[:-1]
+        starts, ends = starts[longest], ends[longest]
     if starts.size > 1 and bool((starts[1:] < ends[:-1]).any()):
-        # merge occurrences that overlap (variants nested in each other, a template overlapping itself)
-        reach = np.maximum.accumulate(ends)
-        first = np.ones(starts.size, dtype=bool)
-        first[1:] = starts[1:] >= reach[:-1]
-        heads = np.flatnonzero(first)
-        starts, ends = starts[heads], np.maximum.reduceat(ends, heads)
+        keep = _scan_path(starts, ends)
+        starts, ends = starts[keep], ends[keep]
     return starts, ends
+
+
+def _scan_path(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which candidate spans a left-to-right scan takes (starts sorted and distinct), in O(k log k) numpy.
+
+    The scan takes the first span, then the first one starting at or after its end, and so on: a path through
+    ``nxt`` from span 0. Pointer doubling marks the path's first 2, 4, 8, ... spans, with no loop over spans.
+    """
+    k = starts.shape[0]
+    jump = np.append(np.searchsorted(starts, ends, side="left"), k)  # span -> next span taken; k = none
+    on = np.zeros(k + 1, dtype=bool)
+    on[0] = True
+    while True:
+        on[jump[on]] = True
+        if jump[0] == k:  # the path is shorter than the current jump: all of it is marked
+            return on[:k]
+        jump = jump[jump]
+
+
+class TemplateSpans(NamedTuple):
+    """Where the templates are in a flat batch: ``(starts, ends)`` per role, and the sequences' offsets / lengths."""
+
+    offsets: np.ndarray
+    lengths: np.ndarray
+    response: tuple[np.ndarray, np.ndarray]
+    instruction: tuple[np.ndarray, np.ndarray] | None
+    end: tuple[np.ndarray, np.ndarray] | None
+
+
+def find_template_spans(
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    response: Sequence[Sequence[int]],
+    instruction: Sequence[Sequence[int]] = (),
+    end: Sequence[Sequence[int]] = (),
+) -> TemplateSpans:
+    """Find the response / instruction / end templates once (:func:`find_templates` for each role).
+
+    The result feeds :func:`completion_mask_from_spans` and :func:`suspicious_responses`. ``instruction`` /
+    ``end`` are None when no such template is given.
+
+    Example:
+        >>> spans = find_template_spans(np.array([1, 50, 2, 60, 8]), np.array([5]), [(2,)], end=[(8,)])
+        >>> spans.response[0].tolist(), spans.end[1].tolist(), spans.instruction
+        ([2], [5], None)
+    """
+    offsets = np.zeros(int(lengths.shape[0]) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TemplateSpans(
+        offsets,
+        lengths,
+        find_templates(ids, response, lengths),
+        find_templates(ids, instruction, lengths) if instruction else None,
+        find_templates(ids, end, lengths) if end else None,
+    )
 
 
 def _states_from_events(n: int, events: list[tuple[np.ndarray, int]]) -> np.ndarray:
@@ -276,7 +185,10 @@ def _states_from_events(n: int, events: list[tuple[np.ndarray, int]]) -> np.ndar
     last[:-1] = positions[1:] != positions[:-1]
     keep = last & (positions < n)
     positions, values = positions[keep], values[keep]
-    return np.repeat(values, np.diff(positions, append=n))
+    runs = np.empty_like(positions)
+    runs[:-1] = positions[1:] - positions[:-1]
+    runs[-1] = n - positions[-1]
+    return np.repeat(values, runs)
 
 
 def completion_mask_from_templates(
@@ -288,7 +200,8 @@ def completion_mask_from_templates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which tokens to train, from response / instruction / end templates.
 
-    Rules, per sequence:
+    Rules, per sequence (templates are found by :func:`find_templates`: a left-to-right scan, leftmost-longest,
+    non-overlapping, per role):
 
     - response only (single turn, trl's rule): everything up to and including the *last* response template is
       masked, everything after it is trained.
@@ -297,6 +210,9 @@ def completion_mask_from_templates(
       what follows them are masked.
     - with end templates: train from each response template up to and including the next end template; also
       stop at an instruction template when both are given.
+
+    Templates are found in the token ids, blind to the conversation's structure: a response template typed inside
+    a user message opens an answer there. :func:`suspicious_responses` counts such layouts.
 
     Args:
         ids: flat token ids, every sequence after the other.
@@ -319,17 +235,28 @@ def completion_mask_from_templates(
         >>> mask.astype(int).tolist()
         [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]
     """
-    n = int(ids.shape[0])
+    spans = find_template_spans(ids, lengths, response, instruction, end)
+    return completion_mask_from_spans(spans, int(ids.shape[0]))
+
+
+def completion_mask_from_spans(spans: TemplateSpans, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`completion_mask_from_templates` from templates already found (:func:`find_template_spans`).
+
+    Example:
+        >>> ids = np.array([1, 50, 2, 60, 8, 70])  # 1 = user, 2 = assistant, 8 = end
+        >>> mask, *_ = completion_mask_from_spans(find_template_spans(ids, np.array([6]), [(2,)], end=[(8,)]), 6)
+        >>> mask.astype(int).tolist()
+        [0, 0, 0, 1, 1, 0]
+    """
+    offsets, lengths = spans.offsets, spans.lengths
     n_seq = int(lengths.shape[0])
-    offsets = np.zeros(n_seq + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    r_starts, r_ends = find_templates(ids, response, lengths)
-    r_seq = np.searchsorted(offsets, r_starts, side="right") - 1
+    r_starts, r_ends = spans.response
     has_response = np.zeros(n_seq, dtype=bool)
+    r_seq = np.searchsorted(offsets, r_starts, side="right") - 1
     has_response[r_seq] = True
     has_instruction = np.ones(n_seq, dtype=bool)
 
-    if not instruction and not end:
+    if spans.instruction is None and spans.end is None:
         # single turn: train what follows the last response template of each sequence
         last_end = np.full(n_seq, -1, dtype=np.int64)
         np.maximum.at(last_end, r_seq, r_ends)
@@ -340,17 +267,109 @@ def completion_mask_from_templates(
     # events come after "train", so an empty answer (an instruction template right after a response template)
     # or a template at a sequence start stays masked.
     events = [(r_ends, True)]  # training starts after a response template ...
-    if end:
-        _, e_ends = find_templates(ids, end, lengths)
-        events.append((e_ends, False))  # ... and stops after an end template (whose tokens are trained)
-    if instruction:
-        i_starts, _ = find_templates(ids, instruction, lengths)
+    if spans.end is not None:
+        events.append((spans.end[1], False))  # ... and stops after an end template (whose tokens are trained)
+    if spans.instruction is not None:
+        i_starts = spans.instruction[0]
         has_instruction = np.zeros(n_seq, dtype=bool)
         has_instruction[np.searchsorted(offsets, i_starts, side="right") - 1] = True
         events.append((i_starts, False))  # an instruction template masks from its first token
     events.append((r_starts, False))  # the response template's own tokens are masked
     events.append((offsets[:-1], False))  # every sequence starts masked
     return _states_from_events(n, events), has_response, has_instruction
+
+
+def suspicious_responses(spans: TemplateSpans) -> np.ndarray:
+    """Per sequence, how many response templates sit where a turn cannot start: a sign of marker text in a message.
+
+    A response template is suspicious when the template before it in its sequence is another response template
+    (a second answer opened before the first was closed by an end or instruction template), or, when end
+    templates are given, an instruction template (a response inside a turn that an instruction opened and no end
+    template closed: ``"<|user|>Summarise: <|assistant|> ..."``). An instruction or end template that starts
+    where a response template starts (qwen2's ``<|im_start|>`` in ``<|im_start|>assistant``) does not count. With a response template only
+    (the single-turn rule), several responses are trl's multi-turn case and nothing is suspicious.
+
+    Example:
+        >>> ids = np.array([1, 50, 2, 51, 8, 2, 60, 8])  # 1 = user, 2 = assistant, 8 = end; '2' typed at 2
+        >>> spans = find_template_spans(ids, np.array([8]), [(2,)], instruction=[(1,)], end=[(8,)])
+        >>> suspicious_responses(spans).tolist()
+        [1]
+    """
+    n_seq = int(spans.offsets.shape[0]) - 1
+    if spans.instruction is None and spans.end is None:
+        return np.zeros(n_seq, dtype=np.int64)
+    # events in order: 0 sequence start, 1 response, 2 instruction, 3 end. At one position that is also their
+    # order, so an instruction or end template that starts the response template never precedes it.
+    found = [spans.offsets[:-1], spans.response[0]]
+    kinds = [0, 1]
+    for kind, spans_of_role in ((2, spans.instruction), (3, spans.end)):
+        if spans_of_role is not None:
+            found.append(spans_of_role[0])
+            kinds.append(kind)
+    pos = np.concatenate(found)
+    kind = np.repeat(np.array(kinds, dtype=np.int8), [f.shape[0] for f in found])
+    order = np.lexsort((kind, pos))
+    kind = kind[order]
+    bad = np.zeros(kind.shape[0], dtype=bool)
+    bad[1:] = (kind[1:] == 1) & ((kind[:-1] == 1) | ((kind[:-1] == 2) & (spans.end is not None)))
+    if not bad.any():
+        return np.zeros(n_seq, dtype=np.int64)
+    seq = np.searchsorted(spans.offsets, pos[order][bad], side="right") - 1
+    return np.bincount(seq, minlength=n_seq).astype(np.int64)
+
+
+def _contains(outer: Sequence[int], inner: Sequence[int]) -> int | None:
+    """Where ``inner`` first occurs in ``outer``, or None."""
+    m = len(inner)
+    return next((i for i in range(len(outer) - m + 1) if tuple(outer[i : i + m]) == tuple(inner)), None)
+
+
+def check_template_roles(
+    response: Sequence[Sequence[int]],
+    instruction: Sequence[Sequence[int]] = (),
+    end: Sequence[Sequence[int]] = (),
+) -> None:
+    """Refuse template variants whose roles collide, so that no row is trained wrongly in silence.
+
+    - a response variant equal to an instruction variant, or found inside one (qwen2: ``<|im_start|>`` as the
+      response template and ``<|im_start|>user\\n`` as the instruction template): every user turn would open an
+      answer, and system and user text would be trained;
+    - an end variant that is the end of a response variant (an end template ``"\\n"`` after
+      ``"### Response:\\n"``): every answer would be closed by its own template, and nothing trained.
+
+    An instruction template that is the start of the response template is fine: the response is masked from its
+    first token either way.
+
+    Raises:
+        FormatKitValueError: naming the two templates (as token ids) and the fix.
+
+    Example:
+        >>> check_template_roles([(32001,)], instruction=[(32010,)], end=[(32007,)])
+        >>> check_template_roles([(5,)], instruction=[(5, 6)])
+        Traceback (most recent call last):
+        ...
+        trl_formatkit.errors.FormatKitValueError: the response template [5] is inside the instruction template [5, 6]: every instruction turn would also open an answer, and its text would be trained. Give the whole response template (for example '<|im_start|>assistant\\n', not '<|im_start|>')
+    """
+    for r in response:
+        for i in instruction:
+            if tuple(r) == tuple(i):
+                raise FormatKitValueError(
+                    f"the response and instruction templates share the token ids {list(r)}: the collator could not "
+                    "tell a user turn from an assistant turn; use distinct templates"
+                )
+            if _contains(i, r) is not None:
+                raise FormatKitValueError(
+                    f"the response template {list(r)} is inside the instruction template {list(i)}: every "
+                    "instruction turn would also open an answer, and its text would be trained. Give the whole "
+                    "response template (for example '<|im_start|>assistant\\n', not '<|im_start|>')"
+                )
+        for e in end:
+            if len(e) <= len(r) and tuple(r[len(r) - len(e) :]) == tuple(e):
+                raise FormatKitValueError(
+                    f"the end_template {list(e)} is the response template's last token(s) {list(r)}: every answer "
+                    "would be closed by its own template and nothing trained. Use the text that ends an answer "
+                    "(for example '<|end|>' or the EOS token), not the response template's trailing newline"
+                )
 
 
 def labels_from_mask(ids: np.ndarray, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -400,14 +419,17 @@ def seq_idx_from_lengths(lengths: np.ndarray) -> np.ndarray:
 
 
 def pad_flat(
-    flat: np.ndarray,
+    flat: np.ndarray | Sequence[np.ndarray],
     lengths: np.ndarray,
-    pad_value: int,
+    pad_value: int | Sequence[int],
     *,
     padding_side: str = "right",
     pad_to_multiple_of: int | None = None,
 ) -> np.ndarray:
     """Cut a flat array into rows of a 2-D array, padded with ``pad_value``.
+
+    ``flat`` may also be a list of flat arrays of one dtype with one pad value each: they are laid out in one
+    pass, as one array of shape ``(k, rows, width)`` (a collator pads ids, labels and the mask together).
 
     Example:
         >>> pad_flat(np.array([1, 2, 3, 4, 5]), np.array([3, 2]), 0).tolist()
@@ -416,14 +438,23 @@ def pad_flat(
         [[1, 2, 3], [0, 4, 5]]
         >>> pad_flat(np.array([1, 2, 3]), np.array([3]), -1, pad_to_multiple_of=4).tolist()
         [[1, 2, 3, -1]]
+        >>> pad_flat([np.array([1, 2, 3]), np.array([-5, 2, 3])], np.array([1, 2]), [0, -100]).tolist()
+        [[[1, 0], [2, 3]], [[-5, -100], [2, 3]]]
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     width = int(lengths.max()) if lengths.size else 0
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     real = real_token_mask(lengths, width, padding_side)
-    out = np.full(real.shape, pad_value, dtype=flat.dtype)
-    out[real] = flat
+    if isinstance(flat, np.ndarray):
+        out = np.full(real.shape, pad_value, dtype=flat.dtype)
+        out[real] = flat
+        return out
+    pads = list(pad_value) if isinstance(pad_value, Sequence) else [pad_value] * len(flat)
+    out = np.empty((len(flat), *real.shape), dtype=flat[0].dtype)
+    for layer, values, pad in zip(out, flat, pads, strict=True):
+        layer.fill(pad)
+        layer[real] = values
     return out
 
 

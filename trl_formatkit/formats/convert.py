@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import FormatKitTypeError, FormatKitValueError, warn
+from ..errors import FormatKitTypeError, FormatKitValueError, preview, warn
 from .core import Format, FormatRegistry, _rename_columns, columns_of, rename_keys
 
 __all__ = ["default_registry", "register_format", "detect_format", "to_messages", "MESSAGES_COLUMN"]
@@ -151,68 +151,61 @@ class _BatchToMessages:
 def _check_messages(messages: Any, name: str, index: int) -> None:
     if not isinstance(messages, list) or not messages:
         raise FormatKitValueError(
-            f"format {name!r} turned row {index} into {type(messages).__name__} {messages!r:.80}; to_messages must "
-            "return a non-empty list of {'role': ..., 'content': ...} dicts"
+            f"format {name!r} turned row {index} into {type(messages).__name__} {preview(messages, 80)}; "
+            "to_messages must return a non-empty list of {'role': ..., 'content': ...} dicts"
         )
     for j, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
             raise FormatKitValueError(
                 f"format {name!r}, row {index}, message {j}: expected a dict with a string 'role', got "
-                f"{message!r:.80}"
+                f"{preview(message, 80)}"
             )
+        content = message.get("content")
+        if isinstance(content, (str, list)) or (content is None and message.get("tool_calls")):
+            continue  # text, a list of content parts (images, ...), or a tool call with no text
         if "content" not in message and "tool_calls" not in message:
             raise FormatKitValueError(
-                f"format {name!r}, row {index}, message {j} has no 'content' (nor 'tool_calls'): {message!r:.80}"
+                f"format {name!r}, row {index}, message {j} has no 'content' (nor 'tool_calls'): "
+                f"{preview(message, 80)}"
             )
+        what = "None (a ShareGPT turn without 'value', or a message without text)" if content is None else (
+            f"{type(content).__name__} {preview(content, 40)}"
+        )
+        raise FormatKitTypeError(
+            f"format {name!r}, row {index}, message {j} ({message['role']}): content must be a string (or a list "
+            f"of content parts, or None next to tool_calls), got {what}. Fix or drop such rows before converting, "
+            "for example dataset.filter(...) on that column"
+        )
+
+
+def _holds_conversations(dataset: Any) -> bool:
+    """Whether the dataset has a ``messages`` column that may hold conversations (not a plain-value column)."""
+    features = getattr(dataset, "features", None) or {}
+    feature = features.get(MESSAGES_COLUMN) if MESSAGES_COLUMN in features else None
+    return MESSAGES_COLUMN in columns_of(dataset) and type(feature).__name__ != "Value"
+
+
+def _keep_existing_messages(
+    fmt: Format, auto: bool, reg: FormatRegistry, columns: list[str], renamed: list[str], inverse: dict[str, str]
+) -> Format:
+    """An existing ``messages`` column is never replaced by one built from other columns: with ``format="auto"``
+    the conversations win (the format that reads ``messages`` is used); a format named explicitly is an error."""
+    consumed = {inverse.get(c, c) for c in fmt.columns}
+    if MESSAGES_COLUMN not in columns or MESSAGES_COLUMN in consumed:
+        return fmt
+    if auto and MESSAGES_COLUMN in renamed:
+        return reg.detect([MESSAGES_COLUMN])
+    raise FormatKitValueError(
+        f"the dataset already has a {MESSAGES_COLUMN!r} column, and format {fmt.name!r} would replace it with one "
+        f"built from {sorted(consumed)}: the columns {sorted(consumed | {MESSAGES_COLUMN})} clash. To keep the "
+        f"conversations, use format='auto' (or the format that reads {MESSAGES_COLUMN!r}) and drop the others: "
+        f"dataset.remove_columns({sorted(consumed)}); to rebuild them on purpose, drop the old ones first: "
+        f"dataset.remove_columns({MESSAGES_COLUMN!r})"
+    )
 
 
 def _is_dataset_dict(data: Any) -> bool:
     return isinstance(data, Mapping) and all(hasattr(v, "map") and hasattr(v, "column_names") for v in data.values())
-
-
-def _columns_to_drop(
-    fmt: Format, columns: list[str], mapping: Mapping[str, str], remove_columns: Any
-) -> tuple[list[str], list[str]]:
-    """The dataset columns ``fmt`` reads, and those ``to_messages`` drops (in dataset order)."""
-    inverse = {target: source for source, target in mapping.items()}
-    consumed = [inverse.get(c, c) for c in sorted(fmt.columns)]
-    if remove_columns is True:
-        drop = list(consumed)
-    elif remove_columns == "all":
-        drop = list(columns)
-    elif remove_columns is False or remove_columns is None:
-        drop = []
-    elif isinstance(remove_columns, str):
-        drop = [remove_columns]
-    else:
-        drop = list(remove_columns)
-    unknown = [c for c in drop if c not in columns]
-    if unknown:
-        raise FormatKitValueError(f"remove_columns names {unknown}, which the dataset does not have: {columns}")
-    if MESSAGES_COLUMN in columns and MESSAGES_COLUMN not in drop:
-        drop.append(MESSAGES_COLUMN)  # replaced by the new column; map cannot write over a column it keeps typed
-    drop = [c for c in columns if c in drop]  # dataset order, no duplicates
-    return consumed, drop
-
-
-def _map_kwargs(dataset: Any, fmt: Format, drop: list[str], *, num_proc: int | None, batch_size: int) -> dict:
-    """The ``Dataset.map`` arguments of :func:`to_messages` (an ``IterableDataset`` takes no ``num_proc``)."""
-    kwargs: dict[str, Any] = {
-        "batched": True,
-        "batch_size": batch_size,
-        "with_indices": True,
-        "remove_columns": drop or None,
-    }
-    is_map_style = hasattr(dataset, "num_rows") and hasattr(dataset, "cache_files")
-    if is_map_style:
-        kwargs["num_proc"] = num_proc
-        kwargs["desc"] = f"Converting {fmt.name} rows to messages"
-    elif num_proc is not None:
-        raise FormatKitValueError(
-            "num_proc is not supported for an IterableDataset (IterableDataset.map has no num_proc); drop it, or "
-            "convert a map-style Dataset"
-        )
-    return kwargs
 
 
 def to_messages(
@@ -237,9 +230,14 @@ def to_messages(
         format: A format name or alias, a :class:`Format`, or ``"auto"`` to detect it (:func:`detect_format`).
         column_mapping: ``{dataset_column: format_column}`` for datasets whose keys differ, e.g.
             ``{"question": "prompt", "answer": "completion"}``.
+
+            A ``messages`` column of conversations the dataset already has is never replaced by one built from
+            other columns (a column of plain values is): with ``format="auto"`` the existing conversations win
+            (a leftover ``prompt``/``completion`` warns, below); a format named explicitly that reads other
+            columns raises an error naming the clashing columns.
         remove_columns: True (default) drops the columns the format consumed and keeps the others (ids,
             metadata); ``"all"`` keeps only ``messages``; False keeps everything; a list drops those columns.
-            A ``messages`` column already there is replaced. trl treats a dataset with a ``prompt`` column as
+            trl treats a dataset with a ``prompt`` column as
             prompt-completion even when ``messages`` is present, so a leftover ``prompt``/``completion``
             column warns.
         num_proc: Passed to ``Dataset.map`` (not supported by ``IterableDataset``).
@@ -251,8 +249,10 @@ def to_messages(
         A new dataset of the same kind with a ``messages`` column.
 
     Raises:
-        FormatKitValueError: the format is unknown, ambiguous, or a row cannot be converted (the row is named).
-        FormatKitTypeError: ``dataset`` is not a ``datasets`` dataset.
+        FormatKitValueError: the format is unknown, ambiguous, would replace an existing ``messages`` column, or a
+            row cannot be converted (the row is named).
+        FormatKitTypeError: ``dataset`` is not a ``datasets`` dataset; or a message's content is None (a ShareGPT
+            turn without ``value``) or not text (the row and message are named).
 
     Example:
         >>> from datasets import Dataset
@@ -288,17 +288,9 @@ def to_messages(
             f"{hint}; build one with datasets.Dataset.from_list(rows)"
         )
     columns = columns_of(dataset)
-    renamed = _rename_columns(columns, column_mapping)
     mapping = dict(column_mapping or {})
-    fmt = reg.detect(renamed) if isinstance(format, str) and format == "auto" else reg.get(format)
-    missing = fmt.missing(renamed)
-    if missing:
-        raise FormatKitValueError(
-            f"format {fmt.name!r} needs the column(s) {missing}, which the dataset does not have (its columns: "
-            f"{columns}). Pass column_mapping={{your_column: {missing[0]!r}}}, or format='auto' to detect it."
-        )
-
-    consumed, drop = _columns_to_drop(fmt, columns, mapping, remove_columns)
+    fmt, consumed = _resolve_format(dataset, format, reg, columns, mapping)
+    drop = _columns_to_drop(remove_columns, columns, consumed)
     left = [c for c in columns if c not in drop and c in _TRL_CONFLICTING]
     if left:
         warn(
@@ -307,7 +299,65 @@ def to_messages(
             f"to_messages(..., remove_columns={left + [c for c in consumed if c in columns]!r}) or "
             "remove_columns='all'"
         )
-
-    kwargs = _map_kwargs(dataset, fmt, drop, num_proc=num_proc, batch_size=batch_size)
+    kwargs = _map_kwargs(dataset, fmt, drop, num_proc, batch_size)
     kwargs.update(map_kwargs)
     return dataset.map(_BatchToMessages(fmt, mapping), **kwargs)
+
+
+def _resolve_format(
+    dataset: Any, format: str | Format, reg: FormatRegistry, columns: list[str], mapping: dict[str, str]
+) -> tuple[Format, list[str]]:
+    """The format to convert with, and the dataset columns it consumes (after ``column_mapping``)."""
+    renamed = _rename_columns(columns, mapping)
+    auto = isinstance(format, str) and format == "auto"
+    fmt = reg.detect(renamed) if auto else reg.get(format)
+    inverse = {target: source for source, target in mapping.items()}
+    if _holds_conversations(dataset):
+        fmt = _keep_existing_messages(fmt, auto, reg, columns, renamed, inverse)
+    missing = fmt.missing(renamed)
+    if missing:
+        raise FormatKitValueError(
+            f"format {fmt.name!r} needs the column(s) {missing}, which the dataset does not have (its columns: "
+            f"{columns}). Pass column_mapping={{your_column: {missing[0]!r}}}, or format='auto' to detect it."
+        )
+    return fmt, [inverse.get(c, c) for c in sorted(fmt.columns)]
+
+
+def _columns_to_drop(
+    remove_columns: bool | Literal["all"] | Sequence[str], columns: list[str], consumed: list[str]
+) -> list[str]:
+    if remove_columns is True:
+        drop = list(consumed)
+    elif remove_columns == "all":
+        drop = list(columns)
+    elif remove_columns is False or remove_columns is None:
+        drop = []
+    elif isinstance(remove_columns, str):
+        drop = [remove_columns]
+    else:
+        drop = list(remove_columns)
+    unknown = [c for c in drop if c not in columns]
+    if unknown:
+        raise FormatKitValueError(f"remove_columns names {unknown}, which the dataset does not have: {columns}")
+    if MESSAGES_COLUMN in columns and MESSAGES_COLUMN not in drop:
+        drop.append(MESSAGES_COLUMN)  # replaced by the new column; map cannot write over a column it keeps typed
+    return [c for c in columns if c in drop]  # dataset order, no duplicates
+
+
+def _map_kwargs(dataset: Any, fmt: Format, drop: list[str], num_proc: int | None, batch_size: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "batched": True,
+        "batch_size": batch_size,
+        "with_indices": True,
+        "remove_columns": drop or None,
+    }
+    is_map_style = hasattr(dataset, "num_rows") and hasattr(dataset, "cache_files")
+    if is_map_style:
+        kwargs["num_proc"] = num_proc
+        kwargs["desc"] = f"Converting {fmt.name} rows to messages"
+    elif num_proc is not None:
+        raise FormatKitValueError(
+            "num_proc is not supported for an IterableDataset (IterableDataset.map has no num_proc); drop it, or "
+            "convert a map-style Dataset"
+        )
+    return kwargs
