@@ -437,3 +437,64 @@ def encode_conversation(
         chat_template_kwargs=chat_template_kwargs,
     )
     return {"input_ids": out["input_ids"][0], "completion_mask": out["completion_mask"][0]}
+
+
+def _probe_skeleton(tokenizer: Any) -> tuple[_Skeleton, int]:
+    """The skeleton of ``[system,] user, assistant, user, assistant`` and the index of the first user turn."""
+    options = _options(("assistant",), True, False, None, None)
+    turns = [{"role": r, "content": ""} for r in ("user", "assistant", "user", "assistant")]
+    try:
+        skeleton = _skeleton(tokenizer, [{"role": "system", "content": ""}, *turns], options)
+        if skeleton.before[0] is not None:
+            return skeleton, 1
+    except FormatKitValueError:  # a template that takes no system turn
+        pass
+    return _skeleton(tokenizer, turns, options), 0
+
+
+def find_template_markers(tokenizer: Any) -> dict[str, str | None]:
+    """The text a tokenizer's chat template writes before an assistant turn, before a user turn, and after a turn.
+
+    Found by rendering a probe conversation (a system turn if the template takes one, then two user/assistant
+    pairs) and reading the text around the second pair, so BOS and system prompts written once at the start
+    are left out. These are the templates :class:`~trl_formatkit.DataCollatorForCompletionOnlyLM` takes
+    (``DataCollatorForCompletionOnlyLM.from_tokenizer(tokenizer)`` builds one with them).
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+
+    Returns:
+        ``{"response_template": str, "instruction_template": str | None, "end_template": str | None}``; the end
+        template is the end-of-turn marker (up to its first special token), ``None`` for templates whose turns
+        end without one.
+
+    Raises:
+        FormatKitValueError: no chat template, one that cannot render the probe, or one that writes nothing
+            before an assistant turn.
+
+    Example:
+        >>> from trl_formatkit._toy import toy_tokenizer
+        >>> from trl_formatkit import add_chat_template
+        >>> find_template_markers(add_chat_template(toy_tokenizer()))
+        {'response_template': '<s>assistant\\n', 'instruction_template': '<s>user\\n', 'end_template': '</s>'}
+    """
+    _check_tokenizer(tokenizer)
+    skeleton, first = _probe_skeleton(tokenizer)
+    user, assistant = first + 2, first + 3  # the second pair
+
+    def header(i: int) -> str:
+        before = skeleton.before[i] or ""
+        return before[len(skeleton.end_of_turn[i - 1]) :].lstrip() if i else before.lstrip()
+
+    response = header(assistant)
+    if not response.strip():
+        raise FormatKitValueError(
+            "the chat template writes nothing before an assistant turn, so no response template can mark it; "
+            "pass response_template=... yourself, or train from the structure: encode_conversations(tokenizer, ...)"
+        )
+    instruction = header(user)
+    return {
+        "response_template": response,
+        "instruction_template": instruction if instruction.strip() and instruction != response else None,
+        "end_template": skeleton.end_of_turn[first + 1] or None,
+    }
