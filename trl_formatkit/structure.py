@@ -162,6 +162,31 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], options: _Options, r
     return text
 
 
+def _render_batch(tokenizer: Any, batch: list[list[dict[str, Any]]], options: _Options) -> list[str]:
+    """All conversations rendered in one ``apply_chat_template`` call; on an error, row by row to name the row."""
+    clean = [[{k: v for k, v in m.items() if k != "train"} for m in messages] for messages in batch]
+    try:
+        texts = tokenizer.apply_chat_template(clean, tools=options.tools, tokenize=False, **options.template_kwargs)
+    except Exception:  # noqa: BLE001 - find the row and say what is wrong with it
+        texts = None
+    if not isinstance(texts, list) or len(texts) != len(batch) or not all(isinstance(t, str) for t in texts):
+        texts = [_render(tokenizer, messages, options, row) for row, messages in enumerate(batch)]
+    return texts
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Ids and character offsets of the rendered texts, as ``tokenizer(text, add_special_tokens=False)`` gives
+    them: through the Rust backend in one batched call (the Python wrapper's conversion costs a sixth of the
+    time), checked on the first text against the wrapper, which is used instead where they differ."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        if encodings[0].ids == list(tokenizer(texts[0], add_special_tokens=False)["input_ids"]):
+            return [e.ids for e in encodings], [e.offsets for e in encodings]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    return [list(row) for row in encoded["input_ids"]], encoded["offset_mapping"]
+
+
 def _special_tokens(tokenizer: Any) -> tuple[list[str], list[int]]:
     """The special tokens (strings, ids): the tokenizer's named specials and added tokens marked special."""
     tokens = {t: i for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
@@ -391,18 +416,16 @@ def encode_conversations(
     """
     _check_tokenizer(tokenizer)
     options = _options(train_roles, train_end_of_turn, last_turn_only, tools, chat_template_kwargs)
-    texts, spans = [], []
-    for row, conversation in enumerate(conversations):
-        messages = _check_messages(conversation, row)
-        text = _render(tokenizer, messages, options, row)
-        skeleton = _skeleton(tokenizer, messages, options)
-        spans.append(_locate(text, messages, skeleton, _trained(messages, options), row, options))
-        texts.append(text)
-    if not texts:
+    batch = [_check_messages(conversation, row) for row, conversation in enumerate(conversations)]
+    if not batch:
         return {"input_ids": [], "completion_mask": []}
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
-    ids = [list(row) for row in encoded["input_ids"]]
-    masks = _masks_from_spans(ids, encoded["offset_mapping"], texts, spans, _special_tokens(tokenizer)[1])
+    texts = _render_batch(tokenizer, batch, options)
+    spans = [
+        _locate(text, messages, _skeleton(tokenizer, messages, options), _trained(messages, options), row, options)
+        for row, (text, messages) in enumerate(zip(texts, batch, strict=True))
+    ]
+    ids, offsets = _tokenize(tokenizer, texts)
+    masks = _masks_from_spans(ids, offsets, texts, spans, _special_tokens(tokenizer)[1])
     return {"input_ids": ids, "completion_mask": masks}
 
 
