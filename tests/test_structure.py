@@ -329,3 +329,71 @@ def test_collator_from_tokenizer_trains_the_answers_and_end_markers(chat_tokeniz
     assert runs == ["Buenos Aires.<|end|>", "Santiago, the capital.<|end|>"]
     assert labels == [i if m else -100 for i, m in zip(ids, encode_conversation(tok, CHAT)["completion_mask"])]
     assert DataCollatorForCompletionOnlyLM.from_tokenizer(tok, end_template=None).end_template is None
+
+
+def test_a_reasoning_content_field_is_trained_where_the_template_writes_it(chat_tokenizer):
+    template = _trl_template("qwen3")
+    if template is None:
+        pytest.skip("trl's chat_templates/qwen3.jinja is not installed")
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = template
+    fields = [
+        REASONING_CHAT[0],
+        {"role": "assistant", "content": "4", "reasoning_content": "Add them."},
+        REASONING_CHAT[2],
+        {"role": "assistant", "content": "6", "reasoning_content": "\nAdd again.\n"},
+    ]
+    assert tok.apply_chat_template(fields, tokenize=False) == tok.apply_chat_template(REASONING_CHAT, tokenize=False)
+    out = encode_conversation(tok, fields)
+    assert out == encode_conversation(tok, REASONING_CHAT)
+    assert trained_runs(tok, out) == ["4<|im_end|>", "<think>\nAdd again.\n</think>\n\n6<|im_end|>"]
+
+
+# -- the edges ---------------------------------------------------------------------------------------------------
+PLAIN = "{% for m in messages %}{{ '### ' + m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+
+
+@pytest.mark.parametrize("name", ["llama-2", "gpt2", "qwen2"])
+def test_a_first_token_carrying_the_header_space_is_trained_and_plain_turns_train_no_end(chat_tokenizer, name):
+    tok = copy.deepcopy(chat_tokenizer(name))
+    tok.chat_template = PLAIN
+    out = encode_conversation(tok, CHAT)
+    assert out["input_ids"] == template_ids(tok, CHAT)
+    assert trained_runs(tok, out) == ["Buenos Aires.", "Santiago, the capital."]  # no special token ends a turn
+    first = out["completion_mask"].index(1)
+    piece = tok.convert_ids_to_tokens(out["input_ids"][first])
+    assert piece[0] in "▁Ġ" and tok.convert_ids_to_tokens(out["input_ids"][first - 1]) == ":"  # ": Buenos"
+
+
+def test_a_template_that_trims_contents(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+    )
+    messages = [{"role": "user", "content": " assistant "}, {"role": "assistant", "content": "  Buenos Aires. \n"}]
+    out = encode_conversation(tok, messages)
+    assert out["input_ids"] == template_ids(tok, messages)
+    assert trained_runs(tok, out) == ["Buenos Aires.<|im_end|>"]
+
+
+def test_tools_are_passed_to_the_template(chat_tokenizer):
+    template = _trl_template("qwen3")
+    if template is None:
+        pytest.skip("trl's chat_templates/qwen3.jinja is not installed")
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = template
+    tools = [{"type": "function", "function": {"name": "capital", "description": "Capital of a country",
+                                               "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "Capital of Argentina?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "capital", "arguments": {}}}]},
+        {"role": "tool", "content": "Buenos Aires"},
+        {"role": "assistant", "content": "Buenos Aires."},
+    ]
+    out = encode_conversation(tok, messages, tools=tools)
+    assert out["input_ids"] == template_ids(tok, messages, tools=tools)
+    assert '"name": "capital"' in tok.decode(out["input_ids"]).split("Capital of Argentina?")[0]  # in the system turn
+    runs = trained_runs(tok, out)
+    assert runs[0].startswith("<tool_call>") and runs[0].endswith("</tool_call><|im_end|>")  # the call is trained
+    assert runs[1:] == ["Buenos Aires.<|im_end|>"]

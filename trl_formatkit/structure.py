@@ -46,8 +46,11 @@ from .errors import FormatKitKeyError, FormatKitTypeError, FormatKitValueError, 
 
 __all__ = ["encode_conversation", "encode_conversations", "find_template_markers"]
 
-_PLACEHOLDER = "\x1fFORMATKIT{}\x1f"
+# letters and digits only, so templates that trim, strip or split contents leave them whole; "X" ends the number
+_PLACEHOLDER = "FORMATKITCONTENT{}X"
+_REASONING_PLACEHOLDER = "FORMATKITREASONING{}X"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # the names transformers passes templates
 _SKELETON_CACHE: dict[tuple, _Skeleton] = {}
 _SKELETON_CACHE_SIZE = 2048
 
@@ -65,14 +68,27 @@ class _Options:
 class _Skeleton:
     """What a template writes around the messages of one role sequence.
 
-    ``before[i]``: the text between message ``i - 1``'s content (or the start) and message ``i``'s content;
-    ``None`` where the template does not render message ``i``. ``tail``: the text after the last rendered
-    content. ``end_of_turn[i]``: how many characters after message ``i``'s content end its turn (0: none).
+    ``before[i]``: the text between message ``i - 1``'s content (or the start; or message ``i``'s reasoning
+    where that is written) and message ``i``'s content; ``None`` where the template does not render message
+    ``i``. ``reasoning_before[i]``: the text before message ``i``'s reasoning field (``reasoning_content``),
+    ``None`` where it is not written. ``tail``: the text after the last rendered content. ``end_of_turn[i]``:
+    the text after message ``i``'s content that ends its turn and the special token it ends with
+    (``("", "")``: none).
     """
 
     before: tuple[str | None, ...]
+    reasoning_before: tuple[str | None, ...]
     tail: str
-    end_of_turn: tuple[int, ...]
+    end_of_turn: tuple[tuple[str, str], ...]
+
+
+def _shape(message: Mapping[str, Any]) -> str:
+    """What the skeleton of a message depends on: every field but the texts that become placeholders."""
+    return repr({k: (1 if k in _REASONING_KEYS else v) for k, v in message.items() if k not in ("content", "train")})
+
+
+def _reasoning_key(message: Mapping[str, Any]) -> str | None:
+    return next((k for k in _REASONING_KEYS if isinstance(message.get(k), str)), None)
 
 
 def _options(train_roles: Any, train_end_of_turn: bool, last_turn_only: bool, tools: Any, kwargs: Any) -> _Options:
@@ -213,9 +229,11 @@ def _after(text: str, placeholder: str) -> str | None:
     return None if at < 0 else text[at + len(placeholder) :]
 
 
-def _end_of_turn(tokenizer: Any, probe: list[dict[str, Any]], i: int, after: str, options: _Options) -> str:
-    """The text ending message ``i``'s turn: what follows it both here and when it is the last message, up to and
-    including the first special token."""
+def _end_of_turn(
+    tokenizer: Any, probe: list[dict[str, Any]], i: int, after: str, options: _Options
+) -> tuple[str, str]:
+    """The text ending message ``i``'s turn (what follows it both here and when it is the last message, up to and
+    including the first special token) and that special token; ``("", "")`` where there is none."""
     alone = after
     if i < len(probe) - 1:
         try:
@@ -228,7 +246,7 @@ def _end_of_turn(tokenizer: Any, probe: list[dict[str, Any]], i: int, after: str
             break
         n += 1
     match = _first_special(tokenizer, after[:n])
-    return after[: match.end()] if match else ""
+    return (after[: match.end()], match.group()) if match else ("", "")
 
 
 def _skeleton(tokenizer: Any, messages: list[dict[str, Any]], options: _Options) -> _Skeleton:
@@ -240,28 +258,37 @@ def _skeleton(tokenizer: Any, messages: list[dict[str, Any]], options: _Options)
         tokenizer.eos_token,
         repr(options.tools),
         repr(sorted(options.template_kwargs.items())),
-        tuple(repr({k: v for k, v in m.items() if k not in ("content", "train")}) for m in messages),
+        tuple(map(_shape, messages)),
     )
     found = _SKELETON_CACHE.get(key)
     if found is not None:
         return found
-    probe = [{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
+    probe = []
+    for i, m in enumerate(messages):
+        probe.append({**m, "content": _PLACEHOLDER.format(i)})
+        if (field := _reasoning_key(m)) is not None:
+            probe[-1][field] = _REASONING_PLACEHOLDER.format(i)
     text = _render(tokenizer, probe, options)
     before: list[str | None] = []
+    reasoning_before: list[str | None] = [None] * len(probe)
     cursor, rendered = 0, []  # (message index, content start, content end) in the placeholder rendering
     for i in range(len(probe)):
         at = text.find(_PLACEHOLDER.format(i), cursor)
         if at < 0:  # the template does not write this message's content
             before.append(None)
             continue
+        reasoning_at = text.find(_REASONING_PLACEHOLDER.format(i), cursor, at)
+        if reasoning_at >= 0:
+            reasoning_before[i] = text[cursor:reasoning_at]
+            cursor = reasoning_at + len(_REASONING_PLACEHOLDER.format(i))
         before.append(text[cursor:at])
         cursor = at + len(_PLACEHOLDER.format(i))
         rendered.append((i, at, cursor))
-    ends = [""] * len(probe)
+    ends = [("", "")] * len(probe)
     for k, (i, _, end) in enumerate(rendered):
         stop = rendered[k + 1][1] if k + 1 < len(rendered) else len(text)
         ends[i] = _end_of_turn(tokenizer, probe, i, text[end:stop], options)
-    skeleton = _Skeleton(tuple(before), text[cursor:], tuple(ends))
+    skeleton = _Skeleton(tuple(before), tuple(reasoning_before), text[cursor:], tuple(ends))
     if len(_SKELETON_CACHE) >= _SKELETON_CACHE_SIZE:
         _SKELETON_CACHE.clear()
     _SKELETON_CACHE[key] = skeleton
@@ -290,6 +317,28 @@ def _search(text: str, content: str, start: int) -> tuple[int, int] | None:
     return (first if first >= 0 else at), at + len(answer)
 
 
+def _end_span(text: str, cursor: int, end: str, marker: str) -> int:
+    """Where the end of turn that follows a content at ``cursor`` stops: after the text the template writes
+    there, or, where that depends on the content (a tool call written after an empty content), after the first
+    end marker from there on."""
+    if not end or text.startswith(end, cursor):
+        return cursor + len(end)
+    at = text.find(marker, cursor)
+    return cursor if at < 0 else at + len(marker)
+
+
+def _locate_reasoning(text: str, message: Mapping[str, Any], before: str, cursor: int) -> tuple[int | None, int]:
+    """Where a message's reasoning field (``reasoning_content``) is rendered: its start (from the ``<think>``
+    that opens it, when there is one) and end; ``(None, cursor)`` where it cannot be found."""
+    key = _reasoning_key(message)
+    header_ok = text.startswith(before, cursor)
+    found = _search(text, message[key], cursor + len(before) if header_ok else cursor) if key else None
+    if found is None:
+        return None, cursor
+    opening = text.rfind(_THINK_OPEN, cursor, found[0])
+    return (opening if opening >= 0 else found[0]), found[1]
+
+
 def _locate(
     text: str, messages: list[dict[str, Any]], skeleton: _Skeleton, trained: list[bool], row: int, options: _Options
 ) -> list[tuple[int, int, int]]:
@@ -306,6 +355,9 @@ def _locate(
                     "that renders this role"
                 )
             continue
+        reasoning_start = None
+        if skeleton.reasoning_before[i] is not None:
+            reasoning_start, cursor = _locate_reasoning(text, message, skeleton.reasoning_before[i], cursor)
         header_ok = text.startswith(before, cursor)
         expected = cursor + len(before)
         if header_ok and text.startswith(content, expected):
@@ -323,9 +375,9 @@ def _locate(
             )
         start, cursor = found
         if trained[i]:
-            end = skeleton.end_of_turn[i]
-            with_end = options.train_end_of_turn and end and text.startswith(end, cursor)
-            spans.append((start, cursor, cursor + len(end) if with_end else cursor))
+            start = start if reasoning_start is None else reasoning_start
+            end = _end_span(text, cursor, *skeleton.end_of_turn[i]) if options.train_end_of_turn else cursor
+            spans.append((start, cursor, end))
     return spans
 
 
@@ -507,7 +559,7 @@ def find_template_markers(tokenizer: Any) -> dict[str, str | None]:
 
     def header(i: int) -> str:
         before = skeleton.before[i] or ""
-        return before[len(skeleton.end_of_turn[i - 1]) :].lstrip() if i else before.lstrip()
+        return before[len(skeleton.end_of_turn[i - 1][0]) :].lstrip() if i else before.lstrip()
 
     response = header(assistant)
     if not response.strip():
@@ -519,5 +571,5 @@ def find_template_markers(tokenizer: Any) -> dict[str, str | None]:
     return {
         "response_template": response,
         "instruction_template": instruction if instruction.strip() and instruction != response else None,
-        "end_template": skeleton.end_of_turn[first + 1] or None,
+        "end_template": skeleton.end_of_turn[first + 1][0] or None,
     }
