@@ -6,6 +6,8 @@ import copy
 
 import pytest
 from helpers import run_python_json
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trl_formatkit import add_chat_template
 from trl_formatkit.errors import FormatKitTypeError, FormatKitValueError
@@ -38,8 +40,11 @@ def chat_tokenizer(tokenizer_path):
 
     def get(name: str):
         if name not in cache:
-            tok = AutoTokenizer.from_pretrained(str(tokenizer_path(name)))
-            if not tok.chat_template:
+            base = name.removesuffix("-generation")  # "qwen2-generation": ChatML with {% generation %} markers
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_path(base)))
+            if base != name:
+                add_chat_template(tok, "chatml", generation_markers=True)
+            elif not tok.chat_template:
                 add_chat_template(tok, "zephyr" if name == "gpt2" else None)
             cache[name] = tok
         return cache[name]
@@ -387,7 +392,7 @@ def test_tools_are_passed_to_the_template(chat_tokenizer):
                                                "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
     messages = [
         {"role": "user", "content": "Capital of Argentina?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "capital", "arguments": {}}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "capital", "arguments": {}}}]},
         {"role": "tool", "content": "Buenos Aires"},
         {"role": "assistant", "content": "Buenos Aires."},
     ]
@@ -397,3 +402,25 @@ def test_tools_are_passed_to_the_template(chat_tokenizer):
     runs = trained_runs(tok, out)
     assert runs[0].startswith("<tool_call>") and runs[0].endswith("</tool_call><|im_end|>")  # the call is trained
     assert runs[1:] == ["Buenos Aires.<|im_end|>"]
+
+
+# -- property: equal to transformers' assistant masks on any text ------------------------------------------------
+PIECES = ["<|im_start|>", "<|im_end|>", "<|end|>", "<|assistant|>", "<|user|>", "<|endoftext|>", "assistant", "user",
+          "system", "\n", " ", "  ", "\t", "a", "Hello", "é", "<think>", "</think>", "!", "FORMATKITCONTENT1X"]  # fmt: skip
+texts = st.lists(st.sampled_from(PIECES), max_size=8).map("".join)
+conversations = st.tuples(
+    st.one_of(st.none(), texts), st.lists(st.tuples(texts, texts), min_size=1, max_size=3)
+).map(
+    lambda parts: ([{"role": "system", "content": parts[0]}] if parts[0] is not None else [])
+    + [{"role": r, "content": c} for pair in parts[1] for r, c in zip(("user", "assistant"), pair)]
+)
+
+
+@given(messages=conversations)
+def test_property_masks_equal_assistant_masks_on_any_text(chat_tokenizer, messages):
+    # qwen2 with ChatML + {% generation %}: transformers' assistant masks are the oracle, on hostile contents
+    tok = chat_tokenizer("qwen2-generation")
+    ref = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = encode_conversation(tok, messages)
+    assert out["input_ids"] == list(ref["input_ids"])
+    assert out["completion_mask"] == list(ref["assistant_masks"])

@@ -116,7 +116,7 @@ def _check_tokenizer(tokenizer: Any) -> None:
 
 
 def _check_messages(messages: Any, row: int) -> list[dict[str, Any]]:
-    """A copy of the conversation with each content a string (``None`` becomes ``""``), checked."""
+    """A checked copy of the conversation (each content a string or ``None``, rendered as the template does)."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise FormatKitTypeError(
             f"row {row}: a conversation must be a list of messages ({{'role': ..., 'content': ...}}), got "
@@ -147,7 +147,7 @@ def _check_messages(messages: Any, row: int) -> list[dict[str, Any]]:
             raise FormatKitTypeError(
                 f"row {row}, message {i} ({role}): 'train' must be True, False or absent, got {preview(train)}"
             )
-        out.append({**message, "content": content or ""})
+        out.append(dict(message))
     return out
 
 
@@ -346,7 +346,7 @@ def _locate(
     spans: list[tuple[int, int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
-        before, content = skeleton.before[i], message["content"]
+        before, content = skeleton.before[i], message.get("content") or ""
         if before is None:
             if trained[i]:
                 raise FormatKitValueError(
