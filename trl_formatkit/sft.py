@@ -112,7 +112,7 @@ class SFTTrainer(trl.SFTTrainer):
             "train_end_of_turn": train_end_of_turn,
             "last_turn_only": last_turn_only,
             "collator": None,
-            "warned_wrapped": False,
+            "wrapped": False,
         }
         if isinstance(data_collator, DataCollatorForCompletionOnlyLM):
             self._adopt_collator(data_collator)
@@ -126,6 +126,12 @@ class SFTTrainer(trl.SFTTrainer):
             eval_dataset = self._convert(eval_dataset, args, num_proc)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, processing_class, **kwargs)
         self._configure_collator()
+        if self._formatkit["wrapped"]:
+            warn(
+                "packing_strategy='wrapped' cuts and joins rows without boundaries (no seq_lengths): the packed "
+                "sequences attend to each other and a row's start is predicted from the previous row. Use "
+                "packing_strategy='bfd' (the default) or 'bfd_split' to keep them apart"
+            )
 
     # -- construction ------------------------------------------------------------------------------------------
     def _adopt_collator(self, collator: DataCollatorForCompletionOnlyLM) -> None:
@@ -242,13 +248,8 @@ class SFTTrainer(trl.SFTTrainer):
                 dataset = dataset.map(labeller, batched=True,
                                       **_desc(map_kwargs, f"Labelling {dataset_name} rows from templates"))
         dataset = self._truncate_and_check(dataset, tokenizer, plan, args, packing, dataset_name, map_kwargs)
-        if packing and args.packing_strategy == "wrapped" and not self._formatkit["warned_wrapped"]:
-            self._formatkit["warned_wrapped"] = True
-            warn(
-                "packing_strategy='wrapped' cuts and joins rows without boundaries (no seq_lengths): the packed "
-                "sequences attend to each other and a row's start is predicted from the previous row. Use "
-                "packing_strategy='bfd' (the default) or 'bfd_split' to keep them apart"
-            )
+        if packing and args.packing_strategy == "wrapped":
+            self._formatkit["wrapped"] = True  # said once, by __init__ (so the warning points at the user's line)
         final = args if packing else _without_truncation(args)
         return super()._prepare_dataset(dataset, processing_class, final, packing, None, dataset_name)
 
