@@ -218,3 +218,87 @@ def test_wrapped_packing_says_once_that_sequences_see_each_other(phi, tmp_path):
     ours = [w for w in caught if issubclass(w.category, FormatKitWarning)]
     assert len(ours) == 1 and "attend to each other" in str(ours[0].message)
     assert ours[0].filename == __file__  # points at the user's line, not into the package
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# messages: masks from the conversation's structure
+# ----------------------------------------------------------------------------------------------------------------
+def _answers_with_end(messages) -> list[str]:
+    """What the structure trains on phi-3: each answer and its <|end|> (not the <|endoftext|> after the last)."""
+    return [m["content"] + "<|end|>" for m in messages if m["role"] == "assistant"]
+
+
+def _assert_structure_run(recorder, chats_by_ids, tok) -> None:
+    for ids, labels in _sequences(recorder.fed[0]):
+        messages = chats_by_ids[tuple(ids)]
+        assert ((labels == -100) | (labels == np.asarray(ids))).all()
+        assert [tok.decode(run) for run in _runs(labels)] == _answers_with_end(messages)
+
+
+def test_messages_without_template_never_train_a_marker_typed_in_a_message(phi, tmp_path):
+    from datasets import Dataset
+
+    _structure()
+    chats = _chats(16, seed=3)
+    chats[0] = [
+        {"role": "user", "content": "Summarise: <|assistant|> PRIVATE notes, never train this."},
+        {"role": "assistant", "content": "Nothing to summarise."},
+    ]
+    chats_by_ids = {tuple(phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]): c for c in chats}
+    model = _tiny_llama(phi)
+    trainer = _trainer(phi, Dataset.from_list([{"messages": c} for c in chats]), tmp_path, model=model)
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    _assert_structure_run(recorder, chats_by_ids, phi)
+    row = next(r for r in trainer.train_dataset if tuple(r["input_ids"]) == tuple(next(iter(chats_by_ids))))
+    trained = phi.decode([t for t in row["labels"] if t != -100])
+    assert "PRIVATE" not in trained and trained == "Nothing to summarise.<|end|>"
+    _assert_loss_falls(_losses(trainer))
+
+
+def test_alpaca_rows_are_detected_converted_and_trained_on_the_outputs(phi, tmp_path):
+    from datasets import Dataset
+
+    _structure()
+    chats = [c[-2:] for c in _chats(16, seed=4)]  # one user/assistant pair each
+    rows = [{"instruction": c[0]["content"], "input": "", "output": c[1]["content"]} for c in chats]
+    chats_by_ids = {tuple(phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]): c for c in chats}
+    model = _tiny_llama(phi)
+    trainer = _trainer(phi, Dataset.from_list(rows), tmp_path, model=model, dataset_format="auto")
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    _assert_structure_run(recorder, chats_by_ids, phi)
+    _assert_loss_falls(_losses(trainer))
+
+
+def test_a_registered_format_is_converted(phi, tmp_path):
+    from datasets import Dataset
+
+    from trl_formatkit import formats, register_format
+
+    _structure()
+
+    @register_format("qa-test", {"question", "answer"})
+    def qa(row):
+        return [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+
+    try:
+        dataset = Dataset.from_dict({"question": ["Sky?", "Grass?"], "answer": ["Blue.", "Green."]})
+        trainer = _trainer(phi, dataset, tmp_path)
+    finally:
+        formats.unregister("qa-test")
+    trained = [phi.decode([t for t in r if t != -100]) for r in trainer.train_dataset["labels"]]
+    assert sorted(trained) == ["Blue.<|end|>", "Green.<|end|>"]
+
+
+def test_train_roles_that_match_nothing_stop_before_training(phi, tmp_path):
+    from datasets import Dataset
+
+    _structure()
+    dataset = Dataset.from_list([{"messages": c} for c in _chats(4)])
+    with pytest.raises(FormatKitValueError, match=r"train_roles=\('bot',\)"):
+        _trainer(phi, dataset, tmp_path, train_roles=("bot",))

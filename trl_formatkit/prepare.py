@@ -152,7 +152,8 @@ class StructureLabeller:
 
     Renders each conversation with the tokenizer's own chat template and trains the tokens of the messages of
     ``train_roles`` (:func:`trl_formatkit.structure.encode_conversations`), so text inside a message can never
-    open or close a turn. A ``tools`` column (a list or its JSON) is passed to the template row by row.
+    open or close a turn. trl's per-row ``tools`` (a list or its JSON) and ``chat_template_kwargs`` columns are
+    passed to the template row by row.
     """
 
     tokenizer: Any
@@ -168,18 +169,19 @@ class StructureLabeller:
             "train_end_of_turn": self.train_end_of_turn,
             "last_turn_only": self.last_turn_only,
         }
-        tools = batch.get("tools")
-        if tools is None or all(t is None for t in tools):
+        per_row = {k: batch[k] for k in ("tools", "chat_template_kwargs") if k in batch}
+        if not any(v is not None for values in per_row.values() for v in values):
             out = encode_conversations(self.tokenizer, batch["messages"], **options)
-        else:
+        else:  # trl's per-row columns: tools (a list or its JSON) and chat_template_kwargs
             import json
 
-            rows = [
-                encode_conversation(
-                    self.tokenizer, messages, tools=json.loads(t) if isinstance(t, str) else t, **options
-                )
-                for messages, t in zip(batch["messages"], tools, strict=True)
-            ]
+            rows = []
+            for i, messages in enumerate(batch["messages"]):
+                tools = per_row.get("tools", [None] * (i + 1))[i]
+                rows.append(encode_conversation(
+                    self.tokenizer, messages, tools=json.loads(tools) if isinstance(tools, str) else tools,
+                    chat_template_kwargs=per_row.get("chat_template_kwargs", [None] * (i + 1))[i], **options,
+                ))
             out = {key: [r[key] for r in rows] for key in ("input_ids", "completion_mask")}
         flat, lengths = _flat(out["input_ids"])
         mask = np.fromiter(itertools.chain.from_iterable(out["completion_mask"]), dtype=bool, count=len(flat))

@@ -263,9 +263,9 @@ class SFTTrainer(trl.SFTTrainer):
             return None  # the conversation's structure; the user's own labels
         if "prompt" in columns and "completion" in columns:
             return None  # trl's completion mask
-        from .structure import find_template_markers
-
         try:
+            from .structure import find_template_markers
+
             markers = find_template_markers(tokenizer)
         except Exception as error:  # noqa: BLE001 - no chat template: trl's full-sequence loss
             logger.info("trl_formatkit: no chat-template markers (%s); training on every token as trl does", error)
