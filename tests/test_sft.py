@@ -232,7 +232,8 @@ def _assert_structure_run(recorder, chats_by_ids, tok) -> None:
     for ids, labels in _sequences(recorder.fed[0]):
         messages = chats_by_ids[tuple(ids)]
         assert ((labels == -100) | (labels == np.asarray(ids))).all()
-        assert [tok.decode(run) for run in _runs(labels)] == _answers_with_end(messages)
+        spans = [" ".join(tok.decode(run).split()) for run in _runs(labels)]  # decode spaces out added tokens
+        assert spans == [" ".join(s.split()) for s in _answers_with_end(messages)]
 
 
 def test_messages_without_template_never_train_a_marker_typed_in_a_message(phi, tmp_path):
@@ -302,3 +303,41 @@ def test_train_roles_that_match_nothing_stop_before_training(phi, tmp_path):
     dataset = Dataset.from_list([{"messages": c} for c in _chats(4)])
     with pytest.raises(FormatKitValueError, match=r"train_roles=\('bot',\)"):
         _trainer(phi, dataset, tmp_path, train_roles=("bot",))
+
+
+def test_lora_trains_a_new_special_token(phi, tmp_path, caplog):
+    """A token added to the tokenizer is made trainable under LoRA (trainable_token_indices): its row changes."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from trl_formatkit import fix_special_tokens
+
+    _structure()
+    fix_special_tokens(phi, extra_special_tokens=["<|tool|>"])
+    tool = phi.convert_tokens_to_ids("<|tool|>")
+    assert tool == 32011  # a new id, inside the model's 32064 rows: no resize, but an untrained row
+    chats = _chats(16, seed=5)
+    for chat in chats:
+        for m in chat:
+            if m["role"] == "assistant":
+                m["content"] = "<|tool|> " + m["content"]
+    chats_by_ids = {tuple(phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]): c for c in chats}
+    model = _tiny_llama(phi)
+    before = model.get_input_embeddings().weight.detach().clone()
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    with caplog.at_level(logging.WARNING, logger="trl_formatkit"):
+        trainer = _trainer(phi, Dataset.from_list([{"messages": c} for c in chats]), tmp_path, model=model,
+                           peft_config=config)
+    assert "new token ids [32011] are trained" in caplog.text and "ensure_weight_tying" in caplog.text
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    _assert_structure_run(recorder, chats_by_ids, phi)
+    embed = trainer.model.get_input_embeddings()
+    with torch.no_grad():
+        row = embed(torch.tensor([[tool]]))[0, 0]
+    assert not torch.allclose(row, before[tool]), "the new token's embedding row did not change"
+    assert torch.equal(embed.original_module.weight, before)  # the base weights stay frozen: a trained copy
+    losses = _losses(trainer)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
