@@ -341,3 +341,20 @@ def test_lora_trains_a_new_special_token(phi, tmp_path, caplog):
     assert torch.equal(embed.original_module.weight, before)  # the base weights stay frozen: a trained copy
     losses = _losses(trainer)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+
+
+def test_qlora_example_runs_on_cpu_without_4bit(tmp_path):
+    """examples/qlora_sft.py (the GPU run of benchmarks/RESULTS.md), tiny and without bitsandbytes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "qlora_sft.py"
+    spec = importlib.util.spec_from_file_location("qlora_sft", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(["--no-4bit", "--hidden", "64", "--layers", "1", "--rows", "24", "--steps", "2",
+                           "--batch-size", "2", "--max-length", "512", "--output-dir", str(tmp_path)])
+    first = report["first_batch"]
+    assert first["sequences"] > 2 and first["trained_tokens"] > 0  # packed: more sequences than rows
+    assert first["every_run_ends_with_end"] and first["no_marker_trained"]
+    assert report["steps"] == 2 and all(np.isfinite(report["losses"]))
