@@ -358,3 +358,16 @@ def test_qlora_example_runs_on_cpu_without_4bit(tmp_path):
     assert first["sequences"] > 2 and first["trained_tokens"] > 0  # packed: more sequences than rows
     assert first["every_run_ends_with_end"] and first["no_marker_trained"]
     assert report["steps"] == 2 and all(np.isfinite(report["losses"]))
+
+
+def test_skip_prepare_dataset_keeps_the_collator_that_labels_each_batch(phi, tmp_path):
+    """Without preparation there is no labels column: trl's collator would train every token."""
+    from datasets import Dataset
+
+    rows = [{"input_ids": phi(t)["input_ids"]} for t in _text_rows(phi, n=2)[0]["text"]]
+    collator = DataCollatorForCompletionOnlyLM(**TEMPLATES, tokenizer=phi)
+    trainer = _trainer(phi, Dataset.from_list(rows), tmp_path, collator=collator,
+                       config={"dataset_kwargs": {"skip_prepare_dataset": True}})
+    assert trainer.data_collator is collator
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert (batch["labels"] == -100).sum() > 0

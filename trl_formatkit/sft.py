@@ -200,6 +200,11 @@ class SFTTrainer(trl.SFTTrainer):
         collator = self._formatkit["collator"]
         if collator is None:
             return
+        if self._skip_prepare_dataset:  # no preparation, no labels column: the collator labels each batch
+            self.data_collator = collator
+            logger.warning("trl_formatkit: skip_prepare_dataset=True: the data collator computes the labels of "
+                           "each batch (no whole-dataset check, no packing)")
+            return
         trl_collator = self.data_collator
         flat = collator.padding_free or self.padding_free
         if self.padding_free and not collator.padding_free:
