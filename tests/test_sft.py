@@ -371,3 +371,19 @@ def test_skip_prepare_dataset_keeps_the_collator_that_labels_each_batch(phi, tmp
     assert trainer.data_collator is collator
     batch = trainer.data_collator([trainer.train_dataset[0]])
     assert (batch["labels"] == -100).sum() > 0
+
+
+def test_text_rows_without_template_use_the_chat_templates_markers(phi, tmp_path, caplog):
+    from datasets import Dataset
+
+    _structure()
+    dataset, chats_by_ids = _text_rows(phi, n=6)
+    plain = Dataset.from_dict({"text": ["Just some prose to model.", "More prose, every token trained."]})
+    with caplog.at_level(logging.INFO, logger="trl_formatkit"):
+        marked = _trainer(phi, dataset, tmp_path)
+        unmarked = _trainer(phi, plain, tmp_path)
+    assert "labels from the chat template's markers" in caplog.text and "training on every token" in caplog.text
+    for row in marked.train_dataset:
+        messages = chats_by_ids[tuple(row["input_ids"])]
+        assert [phi.decode(run) for run in _runs(np.asarray(row["labels"]))] == _answers_with_end(messages)
+    assert all(r["labels"][1:] == r["input_ids"][1:] for r in unmarked.train_dataset)  # trl's language modelling
