@@ -53,6 +53,8 @@ _LAZY: dict[str, str] = {
     "resize_embeddings": "special_tokens",
     "new_token_lora_kwargs": "special_tokens",
     "setup_chat_format": "special_tokens",
+    # packing
+    "ConstantLengthDataset": "packing",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -99,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hookspecs import hookimpl
     from .inspect import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
+    from .packing import ConstantLengthDataset
     from .special_tokens import (
         CHAT_TEMPLATES,
         AuditFinding,
