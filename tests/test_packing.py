@@ -333,3 +333,53 @@ def test_imports_without_trl_or_datasets():
     out = run_python_json("import json, sys\nfrom trl_formatkit import ConstantLengthDataset\n"
                           "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'datasets'))))")
     assert out == []
+
+
+# -- a real trl SFTTrainer run on the packed rows ------------------------------------------------------------------
+def _tiny_llama(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tok.unk_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    config._attn_implementation = "sdpa"  # transformers 5 keeps packed documents apart from position_ids alone
+    return LlamaForCausalLM(config)
+
+
+def test_trl_sft_trainer_trains_on_packed_rows_with_document_boundaries(tokenizers, tmp_path, monkeypatch):
+    """The chapter's path (``Dataset.from_generator``) into trl 1.x's SFTTrainer with ``padding_free=True``:
+    ``seq_lengths`` survives trl's column pruning, so the model sees positions restarting per document."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    phi = tokenizers["phi-3-mini"]
+    texts = [phi.apply_chat_template([{"role": "user", "content": t}, {"role": "assistant", "content": u}],
+                                     tokenize=False) for t, u in zip(_texts(20, 40), _texts(21, 40), strict=True)]
+    packed = ConstantLengthDataset(phi, [{"text": t} for t in texts], dataset_text_field="text", seq_length=64,
+                                   shuffle=False, return_seq_lengths=True)
+
+    def data_generator(iterator):
+        yield from iterator
+
+    rows = Dataset.from_generator(data_generator, gen_kwargs={"iterator": packed}, cache_dir=str(tmp_path / "gen"))
+    assert rows.column_names == ["input_ids", "labels", "seq_lengths"] and rows.num_rows == len(packed)
+    model = _tiny_llama(phi)
+    fed = []
+    model.register_forward_pre_hook(lambda m, a, kw: fed.append({k: v for k, v in kw.items() if k != "labels"}
+                                                                 | {"labels": kw["labels"]}), with_kwargs=True)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, save_strategy="no",
+                     max_steps=5, per_device_train_batch_size=4, learning_rate=2e-2, lr_scheduler_type="constant",
+                     logging_steps=1, disable_tqdm=True, padding_free=True, max_length=None, seed=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=phi)
+    trainer.train()
+    first = fed[0]  # 4 rows (in the sampler's order) flattened into one
+    by_ids = {tuple(ids): lengths for ids, lengths in zip(rows["input_ids"], rows["seq_lengths"], strict=True)}
+    chunks = first["input_ids"][0].cpu().view(4, 64).tolist()
+    expected = torch.cat([torch.arange(n) for chunk in chunks for n in by_ids[tuple(chunk)]])
+    assert torch.equal(first["position_ids"][0].cpu(), expected)  # positions restart at every document
+    assert (first["labels"][0][expected == 0] == -100).all()  # no document's start predicted from another
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < losses[0]
