@@ -23,6 +23,9 @@ _LAZY: dict[str, str] = {
     # masking / collators
     "IGNORE_INDEX": "masking",
     "DataCollatorForCompletionOnlyLM": "collators",
+    # masks from a conversation's structure
+    "encode_conversation": "structure",
+    "encode_conversations": "structure",
     # what a person looks at
     "trained_tokens": "inspect",
     "show_trained": "inspect",
@@ -55,6 +58,8 @@ _LAZY: dict[str, str] = {
     "setup_chat_format": "special_tokens",
     # packing
     "ConstantLengthDataset": "packing",
+    # training
+    "SFTTrainer": "sft",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -102,6 +107,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .inspect import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
     from .packing import ConstantLengthDataset
+    from .sft import SFTTrainer
+    from .structure import encode_conversation, encode_conversations
     from .special_tokens import (
         CHAT_TEMPLATES,
         AuditFinding,

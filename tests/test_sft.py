@@ -1,0 +1,304 @@
+"""``trl_formatkit.SFTTrainer``: real trl runs on a tiny random-weight Llama with the phi-3-mini tokenizer.
+
+Each acceptance run checks what the model is fed in its first batch (trained tokens are exactly the answers and
+their end markers) and that the loss falls. The other tests are hostile: a wrong template, truncation that
+empties rows, PAD == EOS, double BOS, a custom collator with padding-free, wrapped packing.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+torch = pytest.importorskip("torch")
+
+from test_sft_integration import (  # noqa: E402  (tests/ is on sys.path: conftest)
+    EOS,
+    _assert_loss_falls,
+    _chats,
+    _expected_spans,
+    _losses,
+    _Recorder,
+    _runs,
+    _sft_config,
+    _tiny_llama,
+    phi,  # noqa: F401  (fixture)
+)
+
+from trl_formatkit import DataCollatorForCompletionOnlyLM, FormatKitValueError, FormatKitWarning  # noqa: E402
+
+TEMPLATES = {"response_template": "<|assistant|>", "instruction_template": "<|user|>"}
+
+
+def _structure():
+    return pytest.importorskip("trl_formatkit.structure", reason="trl_formatkit.structure is not on this branch yet")
+
+
+def _trainer(tok, dataset, tmp_path, *, model=None, collator=None, config=None, **kwargs):
+    from trl_formatkit import SFTTrainer
+
+    model = model if model is not None else _tiny_llama(tok)
+    return SFTTrainer(
+        model=model,
+        args=_sft_config(tmp_path, **(config or {})),
+        train_dataset=dataset,
+        processing_class=tok,
+        data_collator=collator,
+        **kwargs,
+    )
+
+
+def _sequences(batch) -> list[tuple[list[int], np.ndarray]]:
+    """(ids, labels) of each sequence of a fed batch: padded rows, or a flattened / packed row cut at position 0."""
+    ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
+    out = []
+    for r in range(ids.shape[0]):
+        if "attention_mask" in batch:
+            keep = batch["attention_mask"].numpy()[r].astype(bool)
+            row_ids, row_labels, starts = ids[r][keep], labels[r][keep], [0]
+        else:
+            row_ids, row_labels = ids[r], labels[r]
+            starts = np.flatnonzero(batch["position_ids"].numpy()[r] == 0).tolist()
+        bounds = [*starts, len(row_ids)]
+        out += [(row_ids[a:b].tolist(), row_labels[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return out
+
+
+def _assert_first_batch_trains_the_answers(recorder, chats_by_ids, tok) -> int:
+    """Every sequence of the first fed batch trains exactly its chat's answers with their end markers."""
+    sequences = _sequences(recorder.fed[0])
+    for ids, labels in sequences:
+        messages = chats_by_ids[tuple(ids)]
+        assert ((labels == -100) | (labels == np.asarray(ids))).all()
+        assert [tok.decode(run) for run in _runs(labels)] == _expected_spans(messages, tok)
+        assert labels[0] == -100
+    return len(sequences)
+
+
+def _text_rows(tok, n=16, seed=0):
+    from datasets import Dataset
+
+    chats = _chats(n, seed=seed)
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    by_ids = {tuple(tok(t)["input_ids"]): c for t, c in zip(texts, chats, strict=True)}
+    return Dataset.from_dict({"text": texts}), by_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# acceptance runs
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("mode", "config"),
+    [
+        ("padded", {}),
+        ("padding-free collator", {}),
+        ("packing", {"packing": True, "max_length": 256}),
+    ],
+)
+def test_template_run_trains_exactly_the_answers(phi, tmp_path, mode, config):
+    dataset, chats_by_ids = _text_rows(phi)
+    model = _tiny_llama(phi)
+    if mode == "padding-free collator":  # trl raises "custom data collator is not supported" for this one
+        collator = DataCollatorForCompletionOnlyLM(**TEMPLATES, tokenizer=phi, padding_free=True)
+        trainer = _trainer(phi, dataset, tmp_path, model=model, collator=collator, config=config)
+    else:
+        trainer = _trainer(phi, dataset, tmp_path, model=model, config=config, **TEMPLATES)
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    fed = recorder.fed[0]
+    n = _assert_first_batch_trains_the_answers(recorder, chats_by_ids, phi)
+    if mode == "padded":
+        assert "attention_mask" in fed and n == 8
+    else:
+        assert "attention_mask" not in fed and fed["input_ids"].shape[0] == 1
+        assert int(fed["cu_seq_lens_q"][-1]) == fed["input_ids"].shape[1]
+        assert n == 8 if mode != "packing" else n > 8  # packed rows hold several chats
+    _assert_loss_falls(_losses(trainer))
+
+
+def test_padding_free_collator_with_packing_is_accepted(phi, tmp_path, caplog):
+    """trl 1.16 raises for any custom collator under bfd packing; ours is accepted and its settings logged."""
+    dataset, _ = _text_rows(phi, n=8)
+    collator = DataCollatorForCompletionOnlyLM(**TEMPLATES, tokenizer=phi)  # padding_free=False
+    with caplog.at_level(logging.INFO, logger="trl_formatkit"):
+        trainer = _trainer(phi, dataset, tmp_path, collator=collator, config={"packing": True, "max_length": 128})
+    assert "using the data collator's settings" in caplog.text
+    assert "padding_free=True although the collator says False" in caplog.text
+    assert trainer.data_collator.padding_free and set(trainer.train_dataset.column_names) >= {"labels", "seq_lengths"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole-dataset check
+# ----------------------------------------------------------------------------------------------------------------
+def test_a_wrong_template_stops_before_training_with_a_decoded_row(phi, tmp_path):
+    dataset, _ = _text_rows(phi, n=6)
+    with pytest.raises(FormatKitValueError) as caught:
+        _trainer(phi, dataset, tmp_path, response_template="### Answer:")
+    message = str(caught.value)
+    assert "6 of 6 rows of the train dataset train nothing" in message
+    assert "'### Answer:'" in message and "<|assistant|>" in message  # the template and a decoded row
+    assert "Fix:" in message and "train_loss 0.0" in message
+
+
+def test_rows_emptied_by_truncation_are_dropped_and_counted_once(phi, tmp_path, caplog):
+    from datasets import Dataset
+
+    dataset, _ = _text_rows(phi, n=8)
+    long_prompt = phi.apply_chat_template(
+        [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "Short."}], tokenize=False
+    )
+    dataset = Dataset.from_dict({"text": list(dataset["text"]) + [long_prompt] * 2})
+    with caplog.at_level(logging.WARNING, logger="trl_formatkit"):
+        trainer = _trainer(phi, dataset, tmp_path, config={"max_length": 64}, **TEMPLATES)
+    lines = [r.getMessage() for r in caplog.records if "train nothing" in r.getMessage()]
+    assert len(lines) == 1 and "dropped 2 of 10 rows" in lines[0] and "2 emptied by max_length=64" in lines[0]
+    assert len(trainer.train_dataset) == 8
+    assert all(len(r) <= 64 and any(x != -100 for x in r) for r in trainer.train_dataset["labels"])
+
+
+def test_most_rows_emptied_by_truncation_is_an_error(phi, tmp_path):
+    dataset, _ = _text_rows(phi, n=4)
+    with pytest.raises(FormatKitValueError, match=r"max_length=8 cuts every trained token"):
+        _trainer(phi, dataset, tmp_path, config={"max_length": 8}, **TEMPLATES)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokenizer audit, formats, settings
+# ----------------------------------------------------------------------------------------------------------------
+def test_pad_equals_eos_is_fixed_and_logged_unless_turned_off(load_tokenizer, tmp_path, caplog):
+    tok = load_tokenizer("phi-3-mini")
+    assert tok.pad_token_id == EOS  # phi-3-mini ships PAD == EOS
+    dataset, _ = _text_rows(tok, n=4)
+    with caplog.at_level(logging.WARNING, logger="trl_formatkit"):
+        trainer = _trainer(tok, dataset, tmp_path, **TEMPLATES)
+    assert tok.pad_token == "<unk>" and "pad-equals-eos" in caplog.text
+    assert trainer.model.config.pad_token_id == tok.pad_token_id != EOS
+
+    kept = load_tokenizer("phi-3-mini")
+    _trainer(kept, dataset, tmp_path, fix_tokenizer=False, **TEMPLATES)
+    assert kept.pad_token_id == EOS
+
+
+def test_double_bos_of_rendered_text_is_removed(load_tokenizer, tmp_path):
+    from datasets import Dataset
+
+    from trl_formatkit import add_chat_template
+
+    tok = add_chat_template(load_tokenizer("llama-2"))  # the chapter's ChatML on <s>/</s>: text starts with <s>
+    tok.pad_token = tok.unk_token
+    chats = _chats(4)
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in chats]
+    assert tok(texts[0])["input_ids"][:2] == [tok.bos_token_id] * 2
+    trainer = _trainer(tok, Dataset.from_dict({"text": texts}), tmp_path, model=_tiny_llama(tok),
+                       response_template="<s>assistant", end_template="</s>")
+    firsts = [r[:2] for r in trainer.train_dataset["input_ids"]]
+    assert all(f[0] == tok.bos_token_id != f[1] for f in firsts)
+
+
+def test_templates_given_twice_must_agree(phi, tmp_path):
+    dataset, _ = _text_rows(phi, n=2)
+    collator = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi)
+    with pytest.raises(FormatKitValueError, match="response_template is given twice"):
+        _trainer(phi, dataset, tmp_path, collator=collator, response_template="### Answer:")
+
+
+def test_wrapped_packing_says_once_that_sequences_see_each_other(phi, tmp_path):
+    dataset, _ = _text_rows(phi, n=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(phi, dataset, tmp_path, config={"packing": True, "packing_strategy": "wrapped", "max_length": 64},
+                 **TEMPLATES)
+    ours = [w for w in caught if issubclass(w.category, FormatKitWarning)]
+    assert len(ours) == 1 and "attend to each other" in str(ours[0].message)
+    assert ours[0].filename == __file__  # points at the user's line, not into the package
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# messages: masks from the conversation's structure
+# ----------------------------------------------------------------------------------------------------------------
+def _answers_with_end(messages) -> list[str]:
+    """What the structure trains on phi-3: each answer and its <|end|> (not the <|endoftext|> after the last)."""
+    return [m["content"] + "<|end|>" for m in messages if m["role"] == "assistant"]
+
+
+def _assert_structure_run(recorder, chats_by_ids, tok) -> None:
+    for ids, labels in _sequences(recorder.fed[0]):
+        messages = chats_by_ids[tuple(ids)]
+        assert ((labels == -100) | (labels == np.asarray(ids))).all()
+        assert [tok.decode(run) for run in _runs(labels)] == _answers_with_end(messages)
+
+
+def test_messages_without_template_never_train_a_marker_typed_in_a_message(phi, tmp_path):
+    from datasets import Dataset
+
+    _structure()
+    chats = _chats(16, seed=3)
+    chats[0] = [
+        {"role": "user", "content": "Summarise: <|assistant|> PRIVATE notes, never train this."},
+        {"role": "assistant", "content": "Nothing to summarise."},
+    ]
+    chats_by_ids = {tuple(phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]): c for c in chats}
+    model = _tiny_llama(phi)
+    trainer = _trainer(phi, Dataset.from_list([{"messages": c} for c in chats]), tmp_path, model=model)
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    _assert_structure_run(recorder, chats_by_ids, phi)
+    row = next(r for r in trainer.train_dataset if tuple(r["input_ids"]) == tuple(next(iter(chats_by_ids))))
+    trained = phi.decode([t for t in row["labels"] if t != -100])
+    assert "PRIVATE" not in trained and trained == "Nothing to summarise.<|end|>"
+    _assert_loss_falls(_losses(trainer))
+
+
+def test_alpaca_rows_are_detected_converted_and_trained_on_the_outputs(phi, tmp_path):
+    from datasets import Dataset
+
+    _structure()
+    chats = [c[-2:] for c in _chats(16, seed=4)]  # one user/assistant pair each
+    rows = [{"instruction": c[0]["content"], "input": "", "output": c[1]["content"]} for c in chats]
+    chats_by_ids = {tuple(phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]): c for c in chats}
+    model = _tiny_llama(phi)
+    trainer = _trainer(phi, Dataset.from_list(rows), tmp_path, model=model, dataset_format="auto")
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    _assert_structure_run(recorder, chats_by_ids, phi)
+    _assert_loss_falls(_losses(trainer))
+
+
+def test_a_registered_format_is_converted(phi, tmp_path):
+    from datasets import Dataset
+
+    from trl_formatkit import formats, register_format
+
+    _structure()
+
+    @register_format("qa-test", {"question", "answer"})
+    def qa(row):
+        return [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+
+    try:
+        dataset = Dataset.from_dict({"question": ["Sky?", "Grass?"], "answer": ["Blue.", "Green."]})
+        trainer = _trainer(phi, dataset, tmp_path)
+    finally:
+        formats.unregister("qa-test")
+    trained = [phi.decode([t for t in r if t != -100]) for r in trainer.train_dataset["labels"]]
+    assert sorted(trained) == ["Blue.<|end|>", "Green.<|end|>"]
+
+
+def test_train_roles_that_match_nothing_stop_before_training(phi, tmp_path):
+    from datasets import Dataset
+
+    _structure()
+    dataset = Dataset.from_list([{"messages": c} for c in _chats(4)])
+    with pytest.raises(FormatKitValueError, match=r"train_roles=\('bot',\)"):
+        _trainer(phi, dataset, tmp_path, train_roles=("bot",))
