@@ -209,6 +209,8 @@ def load_rows(args: argparse.Namespace):
 
 
 def _report(args, trainer, recorder, said, start, attention, rank, world) -> dict:
+    import torch
+
     times = recorder.step_times
     steady = times[args.warmup_steps:]
     steps = len(steady) - 1
@@ -225,6 +227,7 @@ def _report(args, trainer, recorder, said, start, attention, rank, world) -> dic
         "tokens_per_step_per_process": tokens,
         "seconds_per_step": (steady[-1] - steady[0]) / steps if steps > 0 else None,
         "train_seconds": time.perf_counter() - start,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
     }
     if report["seconds_per_step"]:
         report["tokens_per_second"] = tokens * world / report["seconds_per_step"]
@@ -246,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         rate = report.get("tokens_per_second")
         print(json.dumps({"world_size": report["world_size"], "attention": report["attention"],
                           "losses": report["losses"], "tokens_per_second": rate,
-                          "seconds_per_step": report["seconds_per_step"]}))
+                          "seconds_per_step": report["seconds_per_step"], "peak_gib": report["peak_gib"],
+                          "tokens_per_step": report["tokens_per_step_per_process"] * report["world_size"]}))
 
 
 if __name__ == "__main__":
