@@ -124,3 +124,26 @@ def test_findings_are_said_once_per_job(run):
     assert any(f"dropped {LONG_PROMPTS} of {ROWS} rows" in line for line in ours[0])
     assert ours[1] == [], f"rank 1 repeated: {ours[1]}"
     assert not [w for w in run[1]["warnings"] if w.startswith("FormatKitWarning")]
+
+
+FAILING_MAIN = """
+from trl_formatkit.distributed import main_process_first, process_index
+try:
+    with main_process_first():
+        raise ValueError("most rows train nothing")
+except ValueError:
+    print(f"stopped {process_index()}", flush=True)
+"""
+
+
+def test_an_error_in_the_main_process_block_stops_every_process(tmp_path):
+    """accelerate's main_process_first skips the main process's barrier when its block raises, leaving the others
+    waiting until the process group's timeout (30 minutes); ours lets them through to meet the same error."""
+    script = tmp_path / "failing_main.py"
+    script.write_text(FAILING_MAIN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("stopped")) == ["stopped 0",
+                                                                                                "stopped 1"]
