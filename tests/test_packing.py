@@ -9,18 +9,13 @@ checks that transformers 4.x and 5.x tokenize those rows alike (a tokenizer diff
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import random
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
-from book_facts import BOOK_PACKED_FIRST_ROW, REF_PYTHON, YODA_TEXTS
-from helpers import run_python_json
+from book_facts import BOOK_PACKED_FIRST_ROW, YODA_TEXTS
+from helpers import ref_tokenizer_folders, run_python_json, run_trl019
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -287,27 +282,10 @@ def _ours(case: dict, tok) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tokenizers, tokenizer_path, tmp_path_factory):
-    if not REF_PYTHON.is_file():
-        pytest.skip(f"reference interpreter {REF_PYTHON} (trl 0.19.1) not found; set FORMATKIT_REF_PYTHON")
+def reference(tokenizer_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("ref-tokenizers")
-    folders = {}
-    for name, cls in REF_TOKENIZER_CLASS.items():  # copy, then give the copy a class transformers 4.x knows
-        shutil.copytree(tokenizer_path(name), root / name)
-        config = json.loads((root / name / "tokenizer_config.json").read_text())
-        (root / name / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": cls}))
-        folders[name] = str(root / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run([str(REF_PYTHON), str(RUNNER)], input=json.dumps({"tokenizers": folders, "cases": _cases()}),
-                          capture_output=True, text=True, timeout=600, env=env, cwd=root)
-    if proc.returncode != 0 and "No module named 'trl'" in proc.stderr:
-        pytest.skip(f"{REF_PYTHON} has no trl")
-    assert proc.returncode == 0, f"reference runner failed:\n{proc.stderr[-6000:]}"
-    response = json.loads(proc.stdout)
-    if not response["versions"]["trl"].startswith("0.19"):
-        pytest.skip(f"{REF_PYTHON} has trl {response['versions']['trl']}, not 0.19.x")
-    return response["results"]
+    folders = ref_tokenizer_folders(tokenizer_path, REF_TOKENIZER_CLASS, root)
+    return run_trl019(RUNNER, {"tokenizers": folders, "cases": _cases()}, cwd=root)["results"]
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda case: case["id"])
