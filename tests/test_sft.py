@@ -19,10 +19,8 @@ torch = pytest.importorskip("torch")
 
 from test_sft_integration import (  # noqa: E402  (tests/ is on sys.path: conftest)
     EOS,
-    _assert_loss_falls,
     _chats,
     _expected_spans,
-    _losses,
     _Recorder,
     _runs,
     _sft_config,
@@ -33,6 +31,18 @@ from test_sft_integration import (  # noqa: E402  (tests/ is on sys.path: confte
 from trl_formatkit import DataCollatorForCompletionOnlyLM, FormatKitValueError, FormatKitWarning  # noqa: E402
 
 TEMPLATES = {"response_template": "<|assistant|>", "instruction_template": "<|user|>"}
+STEPS, BATCH = 6, 4  # half of test_sft_integration's steps and rows: the whole file stays lean on 2 cores
+
+
+def _losses(trainer) -> list[float]:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == STEPS and np.isfinite(losses).all()
+    return losses
+
+
+def _assert_loss_falls(losses: list[float], by: float = 1.5) -> None:
+    first, last = np.mean(losses[:2]), np.mean(losses[-2:])
+    assert last < first - by, f"loss did not fall by {by}: {losses}"  # starts near ln(32064) = 10.4
 
 
 def _structure():
@@ -43,9 +53,11 @@ def _trainer(tok, dataset, tmp_path, *, model=None, collator=None, config=None, 
     from trl_formatkit import SFTTrainer
 
     model = model if model is not None else _tiny_llama(tok)
+    args = _sft_config(tmp_path, **(config or {}))
+    args.max_steps, args.per_device_train_batch_size = STEPS, BATCH
     return SFTTrainer(
         model=model,
-        args=_sft_config(tmp_path, **(config or {})),
+        args=args,
         train_dataset=dataset,
         processing_class=tok,
         data_collator=collator,
@@ -115,11 +127,11 @@ def test_template_run_trains_exactly_the_answers(phi, tmp_path, mode, config):
     fed = recorder.fed[0]
     n = _assert_first_batch_trains_the_answers(recorder, chats_by_ids, phi)
     if mode == "padded":
-        assert "attention_mask" in fed and n == 8
+        assert "attention_mask" in fed and n == BATCH
     else:
         assert "attention_mask" not in fed and fed["input_ids"].shape[0] == 1
         assert int(fed["cu_seq_lens_q"][-1]) == fed["input_ids"].shape[1]
-        assert n == 8 if mode != "packing" else n > 8  # packed rows hold several chats
+        assert n == BATCH if mode != "packing" else n > BATCH  # packed rows hold several chats
     _assert_loss_falls(_losses(trainer))
 
 
@@ -232,7 +244,8 @@ def _assert_structure_run(recorder, chats_by_ids, tok) -> None:
     for ids, labels in _sequences(recorder.fed[0]):
         messages = chats_by_ids[tuple(ids)]
         assert ((labels == -100) | (labels == np.asarray(ids))).all()
-        assert [tok.decode(run) for run in _runs(labels)] == _answers_with_end(messages)
+        spans = [" ".join(tok.decode(run).split()) for run in _runs(labels)]  # decode spaces out added tokens
+        assert spans == [" ".join(s.split()) for s in _answers_with_end(messages)]
 
 
 def test_messages_without_template_never_train_a_marker_typed_in_a_message(phi, tmp_path):
@@ -302,3 +315,86 @@ def test_train_roles_that_match_nothing_stop_before_training(phi, tmp_path):
     dataset = Dataset.from_list([{"messages": c} for c in _chats(4)])
     with pytest.raises(FormatKitValueError, match=r"train_roles=\('bot',\)"):
         _trainer(phi, dataset, tmp_path, train_roles=("bot",))
+
+
+def test_lora_trains_a_new_special_token(phi, tmp_path, caplog):
+    """A token added to the tokenizer is made trainable under LoRA (trainable_token_indices): its row changes."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from trl_formatkit import fix_special_tokens
+
+    _structure()
+    fix_special_tokens(phi, extra_special_tokens=["<|tool|>"])
+    tool = phi.convert_tokens_to_ids("<|tool|>")
+    assert tool == 32011  # a new id, inside the model's 32064 rows: no resize, but an untrained row
+    chats = _chats(16, seed=5)
+    for chat in chats:
+        for m in chat:
+            if m["role"] == "assistant":
+                m["content"] = "<|tool|> " + m["content"]
+    chats_by_ids = {tuple(phi.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]): c for c in chats}
+    model = _tiny_llama(phi)
+    before = model.get_input_embeddings().weight.detach().clone()
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    with caplog.at_level(logging.WARNING, logger="trl_formatkit"):
+        trainer = _trainer(phi, Dataset.from_list([{"messages": c} for c in chats]), tmp_path, model=model,
+                           peft_config=config)
+    assert "new token ids [32011] are trained" in caplog.text and "ensure_weight_tying" in caplog.text
+    recorder = _Recorder(trainer.data_collator, model)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    _assert_structure_run(recorder, chats_by_ids, phi)
+    embed = trainer.model.get_input_embeddings()
+    with torch.no_grad():
+        row = embed(torch.tensor([[tool]]))[0, 0]
+    assert not torch.allclose(row, before[tool]), "the new token's embedding row did not change"
+    assert torch.equal(embed.original_module.weight, before)  # the base weights stay frozen: a trained copy
+    _assert_loss_falls(_losses(trainer), by=0.5)
+
+
+def test_qlora_example_runs_on_cpu_without_4bit(tmp_path):
+    """examples/qlora_sft.py (the GPU run of benchmarks/RESULTS.md), tiny and without bitsandbytes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "qlora_sft.py"
+    spec = importlib.util.spec_from_file_location("qlora_sft", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(["--no-4bit", "--hidden", "64", "--layers", "1", "--rows", "24", "--steps", "2",
+                           "--batch-size", "2", "--max-length", "512", "--output-dir", str(tmp_path)])
+    first = report["first_batch"]
+    assert first["sequences"] > 2 and first["trained_tokens"] > 0  # packed: more sequences than rows
+    assert first["every_run_ends_with_end"] and first["no_marker_trained"]
+    assert report["steps"] == 2 and all(np.isfinite(report["losses"]))
+
+
+def test_skip_prepare_dataset_keeps_the_collator_that_labels_each_batch(phi, tmp_path):
+    """Without preparation there is no labels column: trl's collator would train every token."""
+    from datasets import Dataset
+
+    rows = [{"input_ids": phi(t)["input_ids"]} for t in _text_rows(phi, n=2)[0]["text"]]
+    collator = DataCollatorForCompletionOnlyLM(**TEMPLATES, tokenizer=phi)
+    trainer = _trainer(phi, Dataset.from_list(rows), tmp_path, collator=collator,
+                       config={"dataset_kwargs": {"skip_prepare_dataset": True}})
+    assert trainer.data_collator is collator
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert (batch["labels"] == -100).sum() > 0
+
+
+def test_text_rows_without_template_use_the_chat_templates_markers(phi, tmp_path, caplog):
+    from datasets import Dataset
+
+    _structure()
+    dataset, chats_by_ids = _text_rows(phi, n=6)
+    plain = Dataset.from_dict({"text": ["Just some prose to model.", "More prose, every token trained."]})
+    with caplog.at_level(logging.INFO, logger="trl_formatkit"):
+        marked = _trainer(phi, dataset, tmp_path)
+        unmarked = _trainer(phi, plain, tmp_path)
+    assert "labels from the chat template's markers" in caplog.text and "training on every token" in caplog.text
+    for row in marked.train_dataset:
+        messages = chats_by_ids[tuple(row["input_ids"])]
+        assert [phi.decode(run) for run in _runs(np.asarray(row["labels"]))] == _answers_with_end(messages)
+    assert all(r["labels"][1:] == r["input_ids"][1:] for r in unmarked.train_dataset)  # trl's language modelling

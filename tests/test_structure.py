@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from helpers import run_python_json
 
 from trl_formatkit import add_chat_template
 from trl_formatkit.errors import FormatKitTypeError, FormatKitValueError
-from trl_formatkit.structure import encode_conversation, encode_conversations
+from trl_formatkit.structure import encode_conversation, encode_conversations, find_template_markers
 
 ALL = ("phi-3-mini", "qwen2", "llama-2", "gpt2", "llama-3")
 END = {  # the end-of-turn marker each tokenizer's template writes (after add_chat_template where it has none)
@@ -26,16 +28,21 @@ CHAT = [
 ]
 
 
-@pytest.fixture
-def chat_tokenizer(load_tokenizer):
+@pytest.fixture(scope="module")
+def chat_tokenizer(tokenizer_path):
     """``chat_tokenizer(name)``: a real tokenizer with a chat template (its own, else the chapter's ChatML or,
-    for gpt2 whose BOS is its EOS, zephyr)."""
+    for gpt2 whose BOS is its EOS, zephyr). Shared by the module's tests: copy it before changing it."""
+    from transformers import AutoTokenizer
+
+    cache: dict[str, object] = {}
 
     def get(name: str):
-        tok = load_tokenizer(name)
-        if not tok.chat_template:
-            add_chat_template(tok, "zephyr" if name == "gpt2" else None)
-        return tok
+        if name not in cache:
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_path(name)))
+            if not tok.chat_template:
+                add_chat_template(tok, "zephyr" if name == "gpt2" else None)
+            cache[name] = tok
+        return cache[name]
 
     return get
 
@@ -158,7 +165,7 @@ def test_a_trained_message_the_template_does_not_write_is_an_error(chat_tokenize
 
 
 def test_a_template_error_names_the_row_and_the_roles(chat_tokenizer):
-    tok = chat_tokenizer("qwen2")
+    tok = copy.deepcopy(chat_tokenizer("phi-3-mini"))
     tok.chat_template = (
         "{% for m in messages %}{% if loop.index0 % 2 == 0 and m['role'] != 'user' %}"
         "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
@@ -175,3 +182,218 @@ def test_structure_imports_without_trl_or_datasets():
         "print(json.dumps([m for m in ('trl', 'datasets') if m in sys.modules]))"
     )
     assert run_python_json(code) == []
+
+
+# -- templates that are not prefix-preserving (Qwen3, DeepSeek-R1) -------------------------------------------------
+# Modelled on Qwen3's real template: earlier assistant turns lose their <think> reasoning, the last keeps it.
+QWEN3_LIKE = (
+    "{%- set ns = namespace(last_query_index=messages|length - 1, found=false) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if not ns.found and message.role == 'user' %}{%- set ns.found = true %}"
+    "{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}{%- set content = message.content %}"
+    "{%- if message.role in ('user', 'system') %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{%- set reasoning_content = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' "
+    "+ content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+REASONING_CHAT = [
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4"},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "<think>\nAdd again.\n</think>\n\n6"},
+]
+
+
+def _trl_template(name: str) -> str | None:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("trl")  # the file only: trl is not imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "chat_templates" / f"{name}.jinja"
+    return path.read_text() if path.is_file() else None
+
+
+@pytest.mark.parametrize("source", ["qwen3-like", "trl's qwen3.jinja"])
+def test_a_template_that_drops_earlier_reasoning_gets_exact_masks(chat_tokenizer, source):
+    template = QWEN3_LIKE if source == "qwen3-like" else _trl_template("qwen3")
+    if template is None:
+        pytest.skip("trl's chat_templates/qwen3.jinja is not installed")
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = template
+    full = tok.apply_chat_template(REASONING_CHAT, tokenize=False)
+    assert not full.startswith(tok.apply_chat_template(REASONING_CHAT[:2], tokenize=False))  # not prefix-preserving
+    assert "Add them." not in full
+    out = encode_conversation(tok, REASONING_CHAT)
+    assert out["input_ids"] == template_ids(tok, REASONING_CHAT)
+    assert trained_runs(tok, out) == ["4<|im_end|>", "<think>\nAdd again.\n</think>\n\n6<|im_end|>"]
+    sloppy = [*REASONING_CHAT[:3], {"role": "assistant", "content": "<think>Add again.</think>6"}]  # re-spaced
+    assert trained_runs(tok, encode_conversation(tok, sloppy)) == trained_runs(tok, out)
+
+
+# -- equality with transformers' assistant masks (trl's assistant_only_loss) ---------------------------------------
+GENERATION_TEMPLATES = {  # a template with {% generation %} markers for each real tokenizer
+    "phi-3-mini": "chatml-bos-eos",
+    "qwen2": "chatml",
+    "llama-2": "chatml-bos-eos",
+    "gpt2": "zephyr",
+    "llama-3": "chatml-bos-eos",
+}
+HOSTILE = [
+    {"role": "user", "content": "Say <|assistant|> or <|im_start|>assistant\n please"},
+    {"role": "assistant", "content": "  padded answer  "},
+    {"role": "user", "content": "user"},
+    {"role": "assistant", "content": "assistant"},
+]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_masks_equal_assistant_masks_of_generation_marker_templates(chat_tokenizer, name):
+    tok = add_chat_template(copy.deepcopy(chat_tokenizer(name)), GENERATION_TEMPLATES[name], generation_markers=True)
+    for messages in (CHAT, CHAT[1:3], HOSTILE):
+        ref = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        out = encode_conversation(tok, messages)
+        assert out["input_ids"] == list(ref["input_ids"])
+        assert out["completion_mask"] == list(ref["assistant_masks"])
+
+
+def test_phi3_real_training_template_differs_by_the_final_eos_and_a_swallowing_header(chat_tokenizer):
+    # trl's phi3_training.jinja is phi-3's own template with {% generation %} around the answer, its <|end|>, and
+    # the <|endoftext|> written once after a final assistant turn. Two documented differences:
+    # - we train each turn's <|end|> but not that EOS (it ends the document, not the turn; phi-3 stops on <|end|>);
+    # - "<|assistant|>" swallows the newline and the spaces after it, so an answer starting with spaces starts
+    #   inside that token: transformers then marks the header token as the assistant's; we do not.
+    template = _trl_template("phi3_training")
+    if template is None:
+        pytest.skip("trl's chat_templates/phi3_training.jinja is not installed")
+    tok = chat_tokenizer("phi-3-mini")
+    assert tok.apply_chat_template(CHAT, tokenize=False) == tok.apply_chat_template(
+        CHAT, tokenize=False, chat_template=template
+    )
+    header = tok.convert_tokens_to_ids("<|assistant|>")
+    for messages in (CHAT, CHAT[1:3], HOSTILE):
+        ref = tok.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, chat_template=template
+        )
+        out = encode_conversation(tok, messages)
+        assert out["input_ids"] == list(ref["input_ids"])
+        expected = [int(m and i != header) for i, m in zip(ref["input_ids"], ref["assistant_masks"])]
+        assert out["input_ids"][-1] == tok.eos_token_id and expected[-1] == 1
+        assert out["completion_mask"] == expected[:-1] + [0]
+    assert trained_runs(tok, encode_conversation(tok, HOSTILE))[0] == "padded answer  <|end|>"
+
+
+# -- markers from the template, and the collator built from them ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("phi-3-mini", ("<|assistant|>\n", "<|user|>\n", "<|end|>")),
+        ("qwen2", ("<|im_start|>assistant\n", "<|im_start|>user\n", "<|im_end|>")),
+        ("llama-2", ("<s>assistant\n", "<s>user\n", "</s>")),
+        ("gpt2", ("<|assistant|>\n", "<|user|>\n", "<|endoftext|>")),
+        ("llama-3", ("<|begin_of_text|>assistant\n", "<|begin_of_text|>user\n", "<|end_of_text|>")),
+    ],
+)
+def test_find_template_markers(chat_tokenizer, name, expected):
+    found = find_template_markers(chat_tokenizer(name))
+    assert (found["response_template"], found["instruction_template"], found["end_template"]) == expected
+
+
+def test_find_template_markers_errors(load_tokenizer, chat_tokenizer):
+    with pytest.raises(FormatKitValueError, match="no chat template"):
+        find_template_markers(load_tokenizer("gpt2"))
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}"
+    with pytest.raises(FormatKitValueError, match="writes nothing before an assistant turn"):
+        find_template_markers(tok)
+
+
+def test_collator_from_tokenizer_trains_the_answers_and_end_markers(chat_tokenizer):
+    from trl_formatkit import DataCollatorForCompletionOnlyLM
+
+    tok = chat_tokenizer("phi-3-mini")
+    collator = DataCollatorForCompletionOnlyLM.from_tokenizer(tok, return_tensors="np")
+    ids = template_ids(tok, CHAT)
+    labels = collator([{"input_ids": ids}])["labels"][0].tolist()
+    runs = trained_runs(tok, {"input_ids": ids, "completion_mask": [int(x != -100) for x in labels]})
+    assert runs == ["Buenos Aires.<|end|>", "Santiago, the capital.<|end|>"]
+    assert labels == [i if m else -100 for i, m in zip(ids, encode_conversation(tok, CHAT)["completion_mask"])]
+    assert DataCollatorForCompletionOnlyLM.from_tokenizer(tok, end_template=None).end_template is None
+
+
+def test_a_reasoning_content_field_is_trained_where_the_template_writes_it(chat_tokenizer):
+    template = _trl_template("qwen3")
+    if template is None:
+        pytest.skip("trl's chat_templates/qwen3.jinja is not installed")
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = template
+    fields = [
+        REASONING_CHAT[0],
+        {"role": "assistant", "content": "4", "reasoning_content": "Add them."},
+        REASONING_CHAT[2],
+        {"role": "assistant", "content": "6", "reasoning_content": "\nAdd again.\n"},
+    ]
+    assert tok.apply_chat_template(fields, tokenize=False) == tok.apply_chat_template(REASONING_CHAT, tokenize=False)
+    out = encode_conversation(tok, fields)
+    assert out == encode_conversation(tok, REASONING_CHAT)
+    assert trained_runs(tok, out) == ["4<|im_end|>", "<think>\nAdd again.\n</think>\n\n6<|im_end|>"]
+
+
+# -- the edges ---------------------------------------------------------------------------------------------------
+PLAIN = "{% for m in messages %}{{ '### ' + m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+
+
+@pytest.mark.parametrize("name", ["llama-2", "gpt2", "qwen2"])
+def test_a_first_token_carrying_the_header_space_is_trained_and_plain_turns_train_no_end(chat_tokenizer, name):
+    tok = copy.deepcopy(chat_tokenizer(name))
+    tok.chat_template = PLAIN
+    out = encode_conversation(tok, CHAT)
+    assert out["input_ids"] == template_ids(tok, CHAT)
+    assert trained_runs(tok, out) == ["Buenos Aires.", "Santiago, the capital."]  # no special token ends a turn
+    first = out["completion_mask"].index(1)
+    piece = tok.convert_ids_to_tokens(out["input_ids"][first])
+    assert piece[0] in "▁Ġ" and tok.convert_ids_to_tokens(out["input_ids"][first - 1]) == ":"  # ": Buenos"
+
+
+def test_a_template_that_trims_contents(chat_tokenizer):
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+    )
+    messages = [{"role": "user", "content": " assistant "}, {"role": "assistant", "content": "  Buenos Aires. \n"}]
+    out = encode_conversation(tok, messages)
+    assert out["input_ids"] == template_ids(tok, messages)
+    assert trained_runs(tok, out) == ["Buenos Aires.<|im_end|>"]
+
+
+def test_tools_are_passed_to_the_template(chat_tokenizer):
+    template = _trl_template("qwen3")
+    if template is None:
+        pytest.skip("trl's chat_templates/qwen3.jinja is not installed")
+    tok = copy.deepcopy(chat_tokenizer("qwen2"))
+    tok.chat_template = template
+    tools = [{"type": "function", "function": {"name": "capital", "description": "Capital of a country",
+                                               "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "Capital of Argentina?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "capital", "arguments": {}}}]},
+        {"role": "tool", "content": "Buenos Aires"},
+        {"role": "assistant", "content": "Buenos Aires."},
+    ]
+    out = encode_conversation(tok, messages, tools=tools)
+    assert out["input_ids"] == template_ids(tok, messages, tools=tools)
+    assert '"name": "capital"' in tok.decode(out["input_ids"]).split("Capital of Argentina?")[0]  # in the system turn
+    runs = trained_runs(tok, out)
+    assert runs[0].startswith("<tool_call>") and runs[0].endswith("</tool_call><|im_end|>")  # the call is trained
+    assert runs[1:] == ["Buenos Aires.<|im_end|>"]

@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     # masks from a conversation's structure
     "encode_conversation": "structure",
     "encode_conversations": "structure",
+    "find_template_markers": "structure",
     # what a person looks at
     "trained_tokens": "inspect",
     "show_trained": "inspect",
@@ -108,7 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .masking import IGNORE_INDEX
     from .packing import ConstantLengthDataset
     from .sft import SFTTrainer
-    from .structure import encode_conversation, encode_conversations
+    from .structure import encode_conversation, encode_conversations, find_template_markers
     from .special_tokens import (
         CHAT_TEMPLATES,
         AuditFinding,

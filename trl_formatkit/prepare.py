@@ -242,7 +242,9 @@ class LabelPlan:
     markers_found: bool = False
 
 
-def check_trained(dataset: Any, tokenizer: Any, plan: LabelPlan, *, name: str = "train", max_length: int | None = None) -> Any:
+def check_trained(
+    dataset: Any, tokenizer: Any, plan: LabelPlan, *, name: str = "train", max_length: int | None = None
+) -> Any:
     """Drop the rows that train nothing, count them in one log line, refuse to train when they are most rows.
 
     Args:
@@ -271,8 +273,10 @@ def check_trained(dataset: Any, tokenizer: Any, plan: LabelPlan, *, name: str = 
     counts = f"{n_empty - by_truncation} with nothing to train, {by_truncation} emptied by max_length={max_length}"
     if total and n_empty / total > MOST:
         i = int(np.flatnonzero(empty)[0])
-        raise FormatKitValueError(_nothing_trained_message(dataset, tokenizer, plan, i, name, total, n_empty,
-                                                           counts, truncated=bool(n_full[i] > 0), max_length=max_length))
+        raise FormatKitValueError(_nothing_trained_message(
+            dataset, tokenizer, plan, i, name, total, n_empty, counts, truncated=bool(n_full[i] > 0),
+            max_length=max_length,
+        ))
     logger.warning(
         "trl_formatkit: dropped %d of %d rows of the %s dataset that train nothing (%s)", n_empty, total, name, counts
     )

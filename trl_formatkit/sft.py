@@ -174,7 +174,7 @@ class SFTTrainer(trl.SFTTrainer):
 
     @staticmethod
     def _resize(tokenizer: Any, model: Any, peft_config: Any) -> None:
-        from .special_tokens import new_token_lora_kwargs, resize_embeddings
+        from .special_tokens import resize_embeddings
 
         rows = model.get_input_embeddings().weight.shape[0]
         new_ids = resize_embeddings(model, tokenizer)
@@ -185,7 +185,7 @@ class SFTTrainer(trl.SFTTrainer):
             return
         if getattr(peft_config, "trainable_token_indices", None) or getattr(peft_config, "modules_to_save", None):
             return  # the user chose what to train
-        extra = new_token_lora_kwargs(model, new_ids)
+        extra = _new_token_modules(model, new_ids)
         for key, value in extra.items():
             setattr(peft_config, key, value)
         logger.warning("trl_formatkit: the new token ids %s are trained through the LoRA config: %s", new_ids, extra)
@@ -202,6 +202,11 @@ class SFTTrainer(trl.SFTTrainer):
     def _configure_collator(self) -> None:
         collator = self._formatkit["collator"]
         if collator is None:
+            return
+        if self._skip_prepare_dataset:  # no preparation, no labels column: the collator labels each batch
+            self.data_collator = collator
+            logger.warning("trl_formatkit: skip_prepare_dataset=True: the data collator computes the labels of "
+                           "each batch (no whole-dataset check, no packing)")
             return
         trl_collator = self.data_collator
         flat = collator.padding_free or self.padding_free
@@ -330,6 +335,33 @@ def _as_sft_config(model: Any, args: Any) -> Any:
         values["hub_token"] = getattr(args, "hub_token", None)
         return trl.SFTConfig(**values)
     return args
+
+
+def _new_token_modules(model: Any, new_ids: list[int]) -> dict[str, Any]:
+    """LoRA settings that train the rows of new tokens under trl 1.16.
+
+    :func:`~trl_formatkit.new_token_lora_kwargs` prefers peft's ``trainable_token_indices`` (a few rows, not the
+    matrix), but trl 1.16's fused LM head reads ``lm_head.weight`` / ``lm_head.bias`` directly, which a
+    ``TrainableTokensWrapper`` on the output layer (always there with tied embeddings) does not expose
+    (``AttributeError``), and which would skip its trained rows. ``modules_to_save`` copies the whole matrices
+    (and saves them with the adapter) but the fused head reads the trained copy; tied embeddings stay tied.
+    """
+    import dataclasses
+
+    import peft
+
+    from .special_tokens import new_token_lora_kwargs
+
+    extra = new_token_lora_kwargs(model, new_ids)
+    targets = extra.pop("trainable_token_indices", None)
+    if targets is None:
+        return extra
+    extra["modules_to_save"] = list(targets)
+    output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = output is not None and output.weight is embedding.weight
+    if tied and "ensure_weight_tying" in {f.name for f in dataclasses.fields(peft.LoraConfig)}:
+        extra["ensure_weight_tying"] = True
+    return extra
 
 
 def _columns(dataset: Any) -> list[str]:

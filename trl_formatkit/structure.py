@@ -46,8 +46,11 @@ from .errors import FormatKitKeyError, FormatKitTypeError, FormatKitValueError, 
 
 __all__ = ["encode_conversation", "encode_conversations", "find_template_markers"]
 
-_PLACEHOLDER = "\x1fFORMATKIT{}\x1f"
+# letters and digits only, so templates that trim, strip or split contents leave them whole; "X" ends the number
+_PLACEHOLDER = "FORMATKITCONTENT{}X"
+_REASONING_PLACEHOLDER = "FORMATKITREASONING{}X"
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # the names transformers passes templates
 _SKELETON_CACHE: dict[tuple, _Skeleton] = {}
 _SKELETON_CACHE_SIZE = 2048
 
@@ -65,14 +68,27 @@ class _Options:
 class _Skeleton:
     """What a template writes around the messages of one role sequence.
 
-    ``before[i]``: the text between message ``i - 1``'s content (or the start) and message ``i``'s content;
-    ``None`` where the template does not render message ``i``. ``tail``: the text after the last rendered
-    content. ``end_of_turn[i]``: how many characters after message ``i``'s content end its turn (0: none).
+    ``before[i]``: the text between message ``i - 1``'s content (or the start; or message ``i``'s reasoning
+    where that is written) and message ``i``'s content; ``None`` where the template does not render message
+    ``i``. ``reasoning_before[i]``: the text before message ``i``'s reasoning field (``reasoning_content``),
+    ``None`` where it is not written. ``tail``: the text after the last rendered content. ``end_of_turn[i]``:
+    the text after message ``i``'s content that ends its turn and the special token it ends with
+    (``("", "")``: none).
     """
 
     before: tuple[str | None, ...]
+    reasoning_before: tuple[str | None, ...]
     tail: str
-    end_of_turn: tuple[int, ...]
+    end_of_turn: tuple[tuple[str, str], ...]
+
+
+def _shape(message: Mapping[str, Any]) -> str:
+    """What the skeleton of a message depends on: every field but the texts that become placeholders."""
+    return repr({k: (1 if k in _REASONING_KEYS else v) for k, v in message.items() if k not in ("content", "train")})
+
+
+def _reasoning_key(message: Mapping[str, Any]) -> str | None:
+    return next((k for k in _REASONING_KEYS if isinstance(message.get(k), str)), None)
 
 
 def _options(train_roles: Any, train_end_of_turn: bool, last_turn_only: bool, tools: Any, kwargs: Any) -> _Options:
@@ -162,6 +178,31 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], options: _Options, r
     return text
 
 
+def _render_batch(tokenizer: Any, batch: list[list[dict[str, Any]]], options: _Options) -> list[str]:
+    """All conversations rendered in one ``apply_chat_template`` call; on an error, row by row to name the row."""
+    clean = [[{k: v for k, v in m.items() if k != "train"} for m in messages] for messages in batch]
+    try:
+        texts = tokenizer.apply_chat_template(clean, tools=options.tools, tokenize=False, **options.template_kwargs)
+    except Exception:  # noqa: BLE001 - find the row and say what is wrong with it
+        texts = None
+    if not isinstance(texts, list) or len(texts) != len(batch) or not all(isinstance(t, str) for t in texts):
+        texts = [_render(tokenizer, messages, options, row) for row, messages in enumerate(batch)]
+    return texts
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Ids and character offsets of the rendered texts, as ``tokenizer(text, add_special_tokens=False)`` gives
+    them: through the Rust backend in one batched call (the Python wrapper's conversion costs a sixth of the
+    time), checked on the first text against the wrapper, which is used instead where they differ."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        if encodings[0].ids == list(tokenizer(texts[0], add_special_tokens=False)["input_ids"]):
+            return [e.ids for e in encodings], [e.offsets for e in encodings]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    return [list(row) for row in encoded["input_ids"]], encoded["offset_mapping"]
+
+
 def _special_tokens(tokenizer: Any) -> tuple[list[str], list[int]]:
     """The special tokens (strings, ids): the tokenizer's named specials and added tokens marked special."""
     tokens = {t: i for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
@@ -188,9 +229,11 @@ def _after(text: str, placeholder: str) -> str | None:
     return None if at < 0 else text[at + len(placeholder) :]
 
 
-def _end_of_turn(tokenizer: Any, probe: list[dict[str, Any]], i: int, after: str, options: _Options) -> str:
-    """The text ending message ``i``'s turn: what follows it both here and when it is the last message, up to and
-    including the first special token."""
+def _end_of_turn(
+    tokenizer: Any, probe: list[dict[str, Any]], i: int, after: str, options: _Options
+) -> tuple[str, str]:
+    """The text ending message ``i``'s turn (what follows it both here and when it is the last message, up to and
+    including the first special token) and that special token; ``("", "")`` where there is none."""
     alone = after
     if i < len(probe) - 1:
         try:
@@ -203,7 +246,7 @@ def _end_of_turn(tokenizer: Any, probe: list[dict[str, Any]], i: int, after: str
             break
         n += 1
     match = _first_special(tokenizer, after[:n])
-    return after[: match.end()] if match else ""
+    return (after[: match.end()], match.group()) if match else ("", "")
 
 
 def _skeleton(tokenizer: Any, messages: list[dict[str, Any]], options: _Options) -> _Skeleton:
@@ -215,28 +258,37 @@ def _skeleton(tokenizer: Any, messages: list[dict[str, Any]], options: _Options)
         tokenizer.eos_token,
         repr(options.tools),
         repr(sorted(options.template_kwargs.items())),
-        tuple(repr({k: v for k, v in m.items() if k not in ("content", "train")}) for m in messages),
+        tuple(map(_shape, messages)),
     )
     found = _SKELETON_CACHE.get(key)
     if found is not None:
         return found
-    probe = [{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
+    probe = []
+    for i, m in enumerate(messages):
+        probe.append({**m, "content": _PLACEHOLDER.format(i)})
+        if (field := _reasoning_key(m)) is not None:
+            probe[-1][field] = _REASONING_PLACEHOLDER.format(i)
     text = _render(tokenizer, probe, options)
     before: list[str | None] = []
+    reasoning_before: list[str | None] = [None] * len(probe)
     cursor, rendered = 0, []  # (message index, content start, content end) in the placeholder rendering
     for i in range(len(probe)):
         at = text.find(_PLACEHOLDER.format(i), cursor)
         if at < 0:  # the template does not write this message's content
             before.append(None)
             continue
+        reasoning_at = text.find(_REASONING_PLACEHOLDER.format(i), cursor, at)
+        if reasoning_at >= 0:
+            reasoning_before[i] = text[cursor:reasoning_at]
+            cursor = reasoning_at + len(_REASONING_PLACEHOLDER.format(i))
         before.append(text[cursor:at])
         cursor = at + len(_PLACEHOLDER.format(i))
         rendered.append((i, at, cursor))
-    ends = [""] * len(probe)
+    ends = [("", "")] * len(probe)
     for k, (i, _, end) in enumerate(rendered):
         stop = rendered[k + 1][1] if k + 1 < len(rendered) else len(text)
         ends[i] = _end_of_turn(tokenizer, probe, i, text[end:stop], options)
-    skeleton = _Skeleton(tuple(before), text[cursor:], tuple(ends))
+    skeleton = _Skeleton(tuple(before), tuple(reasoning_before), text[cursor:], tuple(ends))
     if len(_SKELETON_CACHE) >= _SKELETON_CACHE_SIZE:
         _SKELETON_CACHE.clear()
     _SKELETON_CACHE[key] = skeleton
@@ -265,6 +317,28 @@ def _search(text: str, content: str, start: int) -> tuple[int, int] | None:
     return (first if first >= 0 else at), at + len(answer)
 
 
+def _end_span(text: str, cursor: int, end: str, marker: str) -> int:
+    """Where the end of turn that follows a content at ``cursor`` stops: after the text the template writes
+    there, or, where that depends on the content (a tool call written after an empty content), after the first
+    end marker from there on."""
+    if not end or text.startswith(end, cursor):
+        return cursor + len(end)
+    at = text.find(marker, cursor)
+    return cursor if at < 0 else at + len(marker)
+
+
+def _locate_reasoning(text: str, message: Mapping[str, Any], before: str, cursor: int) -> tuple[int | None, int]:
+    """Where a message's reasoning field (``reasoning_content``) is rendered: its start (from the ``<think>``
+    that opens it, when there is one) and end; ``(None, cursor)`` where it cannot be found."""
+    key = _reasoning_key(message)
+    header_ok = text.startswith(before, cursor)
+    found = _search(text, message[key], cursor + len(before) if header_ok else cursor) if key else None
+    if found is None:
+        return None, cursor
+    opening = text.rfind(_THINK_OPEN, cursor, found[0])
+    return (opening if opening >= 0 else found[0]), found[1]
+
+
 def _locate(
     text: str, messages: list[dict[str, Any]], skeleton: _Skeleton, trained: list[bool], row: int, options: _Options
 ) -> list[tuple[int, int, int]]:
@@ -281,6 +355,9 @@ def _locate(
                     "that renders this role"
                 )
             continue
+        reasoning_start = None
+        if skeleton.reasoning_before[i] is not None:
+            reasoning_start, cursor = _locate_reasoning(text, message, skeleton.reasoning_before[i], cursor)
         header_ok = text.startswith(before, cursor)
         expected = cursor + len(before)
         if header_ok and text.startswith(content, expected):
@@ -298,9 +375,9 @@ def _locate(
             )
         start, cursor = found
         if trained[i]:
-            end = skeleton.end_of_turn[i]
-            with_end = options.train_end_of_turn and end and text.startswith(end, cursor)
-            spans.append((start, cursor, cursor + len(end) if with_end else cursor))
+            start = start if reasoning_start is None else reasoning_start
+            end = _end_span(text, cursor, *skeleton.end_of_turn[i]) if options.train_end_of_turn else cursor
+            spans.append((start, cursor, end))
     return spans
 
 
@@ -391,18 +468,16 @@ def encode_conversations(
     """
     _check_tokenizer(tokenizer)
     options = _options(train_roles, train_end_of_turn, last_turn_only, tools, chat_template_kwargs)
-    texts, spans = [], []
-    for row, conversation in enumerate(conversations):
-        messages = _check_messages(conversation, row)
-        text = _render(tokenizer, messages, options, row)
-        skeleton = _skeleton(tokenizer, messages, options)
-        spans.append(_locate(text, messages, skeleton, _trained(messages, options), row, options))
-        texts.append(text)
-    if not texts:
+    batch = [_check_messages(conversation, row) for row, conversation in enumerate(conversations)]
+    if not batch:
         return {"input_ids": [], "completion_mask": []}
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
-    ids = [list(row) for row in encoded["input_ids"]]
-    masks = _masks_from_spans(ids, encoded["offset_mapping"], texts, spans, _special_tokens(tokenizer)[1])
+    texts = _render_batch(tokenizer, batch, options)
+    spans = [
+        _locate(text, messages, _skeleton(tokenizer, messages, options), _trained(messages, options), row, options)
+        for row, (text, messages) in enumerate(zip(texts, batch, strict=True))
+    ]
+    ids, offsets = _tokenize(tokenizer, texts)
+    masks = _masks_from_spans(ids, offsets, texts, spans, _special_tokens(tokenizer)[1])
     return {"input_ids": ids, "completion_mask": masks}
 
 
@@ -437,3 +512,64 @@ def encode_conversation(
         chat_template_kwargs=chat_template_kwargs,
     )
     return {"input_ids": out["input_ids"][0], "completion_mask": out["completion_mask"][0]}
+
+
+def _probe_skeleton(tokenizer: Any) -> tuple[_Skeleton, int]:
+    """The skeleton of ``[system,] user, assistant, user, assistant`` and the index of the first user turn."""
+    options = _options(("assistant",), True, False, None, None)
+    turns = [{"role": r, "content": ""} for r in ("user", "assistant", "user", "assistant")]
+    try:
+        skeleton = _skeleton(tokenizer, [{"role": "system", "content": ""}, *turns], options)
+        if skeleton.before[0] is not None:
+            return skeleton, 1
+    except FormatKitValueError:  # a template that takes no system turn
+        pass
+    return _skeleton(tokenizer, turns, options), 0
+
+
+def find_template_markers(tokenizer: Any) -> dict[str, str | None]:
+    """The text a tokenizer's chat template writes before an assistant turn, before a user turn, and after a turn.
+
+    Found by rendering a probe conversation (a system turn if the template takes one, then two user/assistant
+    pairs) and reading the text around the second pair, so BOS and system prompts written once at the start
+    are left out. These are the templates :class:`~trl_formatkit.DataCollatorForCompletionOnlyLM` takes
+    (``DataCollatorForCompletionOnlyLM.from_tokenizer(tokenizer)`` builds one with them).
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+
+    Returns:
+        ``{"response_template": str, "instruction_template": str | None, "end_template": str | None}``; the end
+        template is the end-of-turn marker (up to its first special token), ``None`` for templates whose turns
+        end without one.
+
+    Raises:
+        FormatKitValueError: no chat template, one that cannot render the probe, or one that writes nothing
+            before an assistant turn.
+
+    Example:
+        >>> from trl_formatkit._toy import toy_tokenizer
+        >>> from trl_formatkit import add_chat_template
+        >>> find_template_markers(add_chat_template(toy_tokenizer()))
+        {'response_template': '<s>assistant\\n', 'instruction_template': '<s>user\\n', 'end_template': '</s>'}
+    """
+    _check_tokenizer(tokenizer)
+    skeleton, first = _probe_skeleton(tokenizer)
+    user, assistant = first + 2, first + 3  # the second pair
+
+    def header(i: int) -> str:
+        before = skeleton.before[i] or ""
+        return before[len(skeleton.end_of_turn[i - 1][0]) :].lstrip() if i else before.lstrip()
+
+    response = header(assistant)
+    if not response.strip():
+        raise FormatKitValueError(
+            "the chat template writes nothing before an assistant turn, so no response template can mark it; "
+            "pass response_template=... yourself, or train from the structure: encode_conversations(tokenizer, ...)"
+        )
+    instruction = header(user)
+    return {
+        "response_template": response,
+        "instruction_template": instruction if instruction.strip() and instruction != response else None,
+        "end_template": skeleton.end_of_turn[first + 1][0] or None,
+    }
