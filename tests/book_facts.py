@@ -70,6 +70,14 @@ YODA_IDS = [
     [32010, 8467, 434, 278, 9869, 304, 278, 6501, 7254, 3239, 29889, 32007, 32001, 8467, 434, 278, 9869, 304, 278,
      6501, 7254, 3239, 29892, 366, 1818, 29889, 32007, 32000],
 ]  # fmt: skip
+# In [54] / In [55]: ConstantLengthDataset(tokenizer_phi, dataset, dataset_text_field='text', seq_length=64,
+# shuffle=False) over the yoda texts, then Dataset.from_generator: the features, and the first row decoded
+BOOK_PACKED_FEATURES = ["input_ids", "labels"]
+BOOK_PACKED_FIRST_ROW = (
+    "<|user|> The birch canoe slid on the smooth planks.<|end|><|assistant|> On the smooth planks, the birch canoe "
+    "slid. Yes, hrrrm.<|end|><|endoftext|><|endoftext|><|user|> Glue the sheet to the dark blue background.<|end|>"
+    "<|assistant|> Glue the sheet to the dark blue background, you must"
+)
 # In [48] / In [49]: the multi-turn dummy chat
 DUMMY_CHAT = "<|user|>Hello\n<|assistant|>How are you?\n<|user|>I'm fine! You?\n<|assistant|>I'm fine too!\n<|endoftext|>"
 DUMMY_IDS = [32010, 15043, 13, 32001, 1128, 526, 366, 29973, 13, 32010, 306, 29915, 29885, 2691, 29991, 887, 29973,

@@ -88,3 +88,42 @@ def finding(report: Any, code: str) -> Any:
     allowed = {check.severity} | ({"problem"} if check.problem_when else set())
     assert found[0].severity in allowed, f"{code} is a {found[0].severity}; the table says {sorted(allowed)}"
     return found[0]
+
+def ref_tokenizer_folders(tokenizer_path, classes: dict[str, str], root: Path) -> dict[str, str]:
+    """Copies of the shared tokenizers (never edit those) whose ``tokenizer_class`` transformers 4.x knows."""
+    import shutil
+
+    folders = {}
+    for name, cls in classes.items():
+        dst = root / name
+        shutil.copytree(tokenizer_path(name), dst)
+        config = json.loads((dst / "tokenizer_config.json").read_text())
+        (dst / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": cls}))
+        folders[name] = str(dst)
+    return folders
+
+
+def run_trl019(runner: Path, request: dict, cwd: Path) -> dict:
+    """Run a ``tests/reference`` runner under the trl 0.19.1 interpreter on ``request``; its JSON answer.
+
+    Skips, with the reason, where that interpreter is absent, has no trl, or has another trl than 0.19.x.
+    """
+    import os
+
+    import pytest
+    from book_facts import REF_PYTHON
+
+    if not REF_PYTHON.is_file():
+        pytest.skip(f"reference interpreter {REF_PYTHON} (trl 0.19.1, transformers 4.x) not found; set "
+                    "FORMATKIT_REF_PYTHON to run the differential tests against trl 0.19")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run([str(REF_PYTHON), str(runner)], input=json.dumps(request), capture_output=True, text=True,
+                          timeout=600, env=env, cwd=cwd)
+    if proc.returncode != 0 and "No module named 'trl'" in proc.stderr:
+        pytest.skip(f"{REF_PYTHON} has no trl: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, f"reference runner failed:\n{proc.stderr[-6000:]}"
+    response = json.loads(proc.stdout)
+    if not response["versions"]["trl"].startswith("0.19"):
+        pytest.skip(f"{REF_PYTHON} has trl {response['versions']['trl']}, not 0.19.x")
+    return response

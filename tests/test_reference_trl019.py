@@ -34,11 +34,7 @@ Intended differences (each has its own test):
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import random
-import shutil
-import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,13 +42,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import ref_tokenizer_folders, run_trl019
 
 from trl_formatkit import DataCollatorForCompletionOnlyLM
 from trl_formatkit.errors import FormatKitWarning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = REPO_ROOT / "tests" / "reference" / "run_trl019.py"
-from book_facts import REF_PYTHON
 
 # transformers 4.x cannot resolve the "TokenizersBackend"/"Qwen2Tokenizer" classes the shared configs name
 REF_TOKENIZER_CLASS = {
@@ -207,23 +203,12 @@ def _our_tokenizer(base, case: Case):
 @pytest.fixture(scope="module")
 def reference(tokenizer_path, tmp_path_factory):
     """``(cases by id, reference results by id, our tokenizer per case)``: one reference run for all cases."""
-    if not REF_PYTHON.is_file():
-        pytest.skip(f"reference interpreter {REF_PYTHON} (trl 0.19.1, transformers 4.x) not found; set "
-                    "FORMATKIT_REF_PYTHON to run the differential tests against trl 0.19")
     from transformers import AutoTokenizer
 
     base = {name: AutoTokenizer.from_pretrained(str(tokenizer_path(name))) for name in REF_TOKENIZER_CLASS}
     cases = build_cases(base)
-    folders = {}
     root = tmp_path_factory.mktemp("ref-tokenizers")
-    for name, cls in REF_TOKENIZER_CLASS.items():  # never edit the shared folders: copy, then edit the copy
-        dst = root / name
-        shutil.copytree(tokenizer_path(name), dst)
-        config_path = dst / "tokenizer_config.json"
-        config = json.loads(config_path.read_text())
-        config["tokenizer_class"] = cls
-        config_path.write_text(json.dumps(config))
-        folders[name] = str(dst)
+    folders = ref_tokenizer_folders(tokenizer_path, REF_TOKENIZER_CLASS, root)
     request = {"tokenizers": folders, "cases": []}
     ours_tok, by_setup = {}, {}
     for case in cases:
@@ -236,16 +221,7 @@ def reference(tokenizer_path, tmp_path_factory):
             setup["additional_special_tokens"] = case.special_tokens
         request["cases"].append({"id": case.id, "tokenizer": case.tokenizer, "tokenizer_setup": setup,
                                  "collator": case.collator, "rows": case.rows})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run([str(REF_PYTHON), str(RUNNER)], input=json.dumps(request), capture_output=True,
-                          text=True, timeout=600, env=env, cwd=root)
-    if proc.returncode != 0 and "No module named 'trl'" in proc.stderr:
-        pytest.skip(f"{REF_PYTHON} has no trl: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, f"reference runner failed:\n{proc.stderr[-6000:]}"
-    response = json.loads(proc.stdout)
-    if not response["versions"]["trl"].startswith("0.19"):
-        pytest.skip(f"{REF_PYTHON} has trl {response['versions']['trl']}, not 0.19.x")
+    response = run_trl019(RUNNER, request, cwd=root)
     return {c.id: c for c in cases}, response["results"], ours_tok
 
 

@@ -57,6 +57,8 @@ _LAZY: dict[str, str] = {
     "resize_embeddings": "special_tokens",
     "new_token_lora_kwargs": "special_tokens",
     "setup_chat_format": "special_tokens",
+    # packing
+    "ConstantLengthDataset": "packing",
     # training
     "SFTTrainer": "sft",
 }
@@ -105,6 +107,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hookspecs import hookimpl
     from .inspect import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
+    from .packing import ConstantLengthDataset
     from .sft import SFTTrainer
     from .structure import encode_conversation, encode_conversations, find_template_markers
     from .special_tokens import (

@@ -5,6 +5,7 @@ After ``trl_formatkit.legacy.patch_trl()``, code written for trl 0.x imports aga
     from trl import DataCollatorForCompletionOnlyLM, setup_chat_format
     from trl.trainer.utils import DataCollatorForCompletionOnlyLM
     from trl.extras.dataset_formatting import FORMAT_MAPPING, conversations_formatting_function
+    from trl.trainer import ConstantLengthDataset  # also trl.trainer.utils.ConstantLengthDataset
 
 Nothing trl still has is replaced (unless ``force=True``), so on an old trl the call changes nothing.
 """
@@ -26,6 +27,8 @@ LEGACY_NAMES: dict[tuple[str, str], tuple[str, str]] = {
         "trl_formatkit.collators",
         "DataCollatorForCompletionOnlyLM",
     ),
+    ("trl.trainer", "ConstantLengthDataset"): ("trl_formatkit.packing", "ConstantLengthDataset"),
+    ("trl.trainer.utils", "ConstantLengthDataset"): ("trl_formatkit.packing", "ConstantLengthDataset"),
     ("trl", "setup_chat_format"): ("trl_formatkit.special_tokens", "setup_chat_format"),
     ("trl.models", "setup_chat_format"): ("trl_formatkit.special_tokens", "setup_chat_format"),
     ("trl.models.utils", "setup_chat_format"): ("trl_formatkit.special_tokens", "setup_chat_format"),

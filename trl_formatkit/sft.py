@@ -37,6 +37,7 @@ from typing import Any
 import trl
 
 from .collators import DataCollatorForCompletionOnlyLM
+from .distributed import join_job, prepared_main_process_first
 from .errors import FormatKitValueError, warn
 from .masking import TemplateSpec
 from .prepare import (
@@ -102,6 +103,7 @@ class SFTTrainer(trl.SFTTrainer):
         **kwargs: Any,
     ) -> None:
         args = _as_sft_config(model, args)
+        join_job(args)  # several processes: join the group; warnings and audit findings said once, by rank 0
         if isinstance(train_roles, str):
             train_roles = (train_roles,)
         self._formatkit = {
@@ -188,6 +190,7 @@ class SFTTrainer(trl.SFTTrainer):
             setattr(peft_config, key, value)
         logger.warning("trl_formatkit: the new token ids %s are trained through the LoRA config: %s", new_ids, extra)
 
+    @prepared_main_process_first
     def _convert(self, dataset: Any, args: Any, num_proc: int | None) -> Any:
         if isinstance(dataset, dict):
             return {k: self._convert(v, args, num_proc) for k, v in dataset.items()}
@@ -218,6 +221,7 @@ class SFTTrainer(trl.SFTTrainer):
         self.padding_free = flat
 
     # -- dataset preparation -----------------------------------------------------------------------------------
+    @prepared_main_process_first  # several processes: the main one prepares (and checks) first, once
     def _prepare_dataset(
         self,
         dataset: Any,

@@ -86,6 +86,13 @@ class Format:
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "aliases", aliases)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # columns pickled sorted: a frozenset pickles in its hash order, which differs from process to process
+        # (PYTHONHASHSEED), and datasets fingerprints a map by pickling its function, so every process (and every
+        # run) would miss the cache the main process wrote
+        return (Format, (self.name, tuple(sorted(self.columns)), self.to_messages, self.description, self.aliases,
+                         self.priority))
+
     def matches(self, columns: Iterable[str]) -> bool:
         """Whether a row or dataset with these columns has every column this format needs (extras are fine)."""
         return self.columns <= set(columns)
