@@ -7,11 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from trl_formatkit import DataCollatorForCompletionOnlyLM
-from trl_formatkit.cli import BUNDLED_TOKENIZER, load_tokenizer
-from trl_formatkit.inspect import trained_tokens
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -72,27 +67,3 @@ def test_inspect_errors_are_readable(tmp_path):
     rows.write_text(json.dumps({"prompt": "x"}) + "\n")
     result = run_cli("inspect", "--response-template", "x", "--file", str(rows))
     assert result.returncode != 0 and "line 1" in result.stderr and "'text'" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def phi():
-    tok = load_tokenizer(BUNDLED_TOKENIZER)
-    tok.pad_token = tok.unk_token
-    return tok
-
-
-def test_trained_tokens_view_padded_and_flat(phi):
-    rows = [phi("<|user|>\nHi<|end|>\n<|assistant|>\nHello!\nBye.<|end|>\n<|endoftext|>"), phi("<|user|>\nA<|end|>")]
-    collator = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi, on_missing="ignore")
-    padded = collator(rows)
-    view = trained_tokens(padded, phi, 0)
-    assert view.trained_text() == " Hello!\nBye.<|end|><|endoftext|>"
-    assert view.n_trained == sum(view.trained) == int((padded["labels"][0] != -100).sum())
-    left = trained_tokens(padded, phi, 1)
-    assert left.padding[0] and not left.padding[-1] and left.n_trained == 0  # left padding shown as padding
-    html = view._repr_html_()
-    assert "background:#7d7" in html and "&lt;|assistant|&gt;" in html and "tokens trained" in html
-    assert str(view).startswith("<|user|> Hi<|end|><|assistant|>[ Hello][!]")
-    flat = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi, padding_free=True, on_missing="ignore")
-    fview = trained_tokens(flat(rows), phi)
-    assert sum(fview.boundary) == 1 and fview.trained_text() == view.trained_text()

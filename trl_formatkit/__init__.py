@@ -24,8 +24,8 @@ _LAZY: dict[str, str] = {
     "IGNORE_INDEX": "masking",
     "DataCollatorForCompletionOnlyLM": "collators",
     # what a person looks at
-    "trained_tokens": "inspect",
-    "show_trained": "inspect",
+    "trained_tokens": "views",
+    "show_trained": "views",
     # formats / plugins (`formats` is the default registry: the trl_formatkit.formats module itself)
     "Format": "formats",
     "FormatRegistry": "formats",
@@ -97,7 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_messages,
     )
     from .hookspecs import hookimpl
-    from .inspect import show_trained, trained_tokens
+    from .views import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
     from .special_tokens import (
         CHAT_TEMPLATES,

@@ -46,7 +46,7 @@ def demo(tokenizer_path: str | None = None, console: Any = None) -> int:
 
     from .collators import DataCollatorForCompletionOnlyLM
     from .errors import FormatKitWarning
-    from .inspect import show_trained
+    from .views import show_trained
     from .special_tokens import audit_tokenizer, fix_special_tokens
 
     console = console or Console()
@@ -141,7 +141,7 @@ def inspect_command(args: argparse.Namespace, console: Any = None) -> int:
 
     from .collators import DataCollatorForCompletionOnlyLM
     from .errors import FormatKitError
-    from .inspect import show_trained
+    from .views import show_trained
 
     console = console or Console()
     tok = load_tokenizer(args.tokenizer)
