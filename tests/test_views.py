@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -40,3 +41,81 @@ def test_trained_tokens_view_padded_and_flat(phi):
     flat = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi, padding_free=True, on_missing="ignore")
     fview = trained_tokens(flat(rows), phi)
     assert sum(fview.boundary) == 1 and fview.trained_text() == view.trained_text()
+
+
+def _console(color: bool):
+    import io
+
+    from rich.console import Console
+
+    if color:
+        return Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=120)
+    return Console(file=io.StringIO(), width=120)  # a file: what a pipe, a log or CI sees
+
+
+def test_plain_output_marks_the_trained_tokens(phi):
+    from trl_formatkit import show_trained
+
+    batch = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi)([phi("<|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>")])
+    plain = _console(color=False)
+    show_trained(batch, phi, console=plain)
+    out = plain.file.getvalue()
+    assert "\x1b[" not in out and "[ Y" in out and "<|end|>]" in out  # marked without colour
+    colour = _console(color=True)
+    show_trained(batch, phi, console=colour)
+    assert "\x1b[" in colour.file.getvalue() and "[ Y" not in colour.file.getvalue()  # colour, no brackets
+
+
+def test_no_color_env_marks_in_plain_text(phi, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from trl_formatkit import show_trained
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    batch = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi)([phi("<|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>")])
+    show_trained(batch, phi, console=console)
+    assert "<|end|>]" in console.file.getvalue()
+
+
+def test_ignore_index_is_honoured(phi):
+    """Issue 9 item 7: with ignore_index=-1 only the answer is shown as trained."""
+    rows = [phi("<|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>")]
+    batch = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi, ignore_index=-1)(rows)
+    n_trained = int((batch["labels"] != -1).sum())
+    assert trained_tokens(batch, phi).n_trained == n_trained
+    assert trained_tokens(batch, phi, ignore_index=-1).n_trained == n_trained
+    custom = {"input_ids": batch["input_ids"], "labels": batch["labels"].clone().fill_(7)}
+    assert trained_tokens(custom, phi, ignore_index=7).n_trained == 0
+
+
+def test_markup_in_data_is_shown_as_written(load_tokenizer):
+    """Issue 9 item 10: rich markup in the data ("[/INST]", "[bold]") is text, never markup."""
+    from trl_formatkit import show_trained
+
+    llama = load_tokenizer("llama-2")
+    llama.pad_token = llama.unk_token
+    text = "[INST] say [bold]hi[/bold] [/INST] [/PAD] ok"
+    batch = DataCollatorForCompletionOnlyLM("[/INST]", tokenizer=llama)([llama(text)])
+    for color in (False, True):
+        console = _console(color)
+        show_trained(batch, llama, console=console)
+        assert "[bold]hi[/bold]" in re.sub(r"\x1b\[[0-9;]*m", "", console.file.getvalue())
+
+
+def test_rows_as_users_have_them(phi):
+    """Issue 10 item 2: messages, prompt-completion and text rows are shown without collating by hand."""
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    view = trained_tokens({"messages": chat}, phi)
+    assert view.trained_text() == " Hello there.<|end|><|endoftext|>"  # the answer, its end of turn, the EOS
+    two = trained_tokens({"messages": [*chat, {"role": "user", "content": "<|assistant|> secret"}, chat[1]]}, phi)
+    assert two.trained_text() == " Hello there.<|end|> Hello there.<|end|><|endoftext|>"  # structure, not markers
+    pc = trained_tokens({"prompt": [chat[0]], "completion": [chat[1]]}, phi)
+    assert pc.trained_text() == view.trained_text()
+    text = trained_tokens({"text": "Hello there."}, phi)
+    assert text.n_trained == len(text.pieces)  # plain text: every token is a target (language modelling)
+    collator = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi)
+    both = trained_tokens([{"messages": chat}, {"messages": chat}], phi, row=1, collator=collator)
+    assert both.trained_text().strip().startswith("Hello there.")

@@ -1,21 +1,29 @@
-"""See exactly which tokens a batch trains: coloured in a terminal (rich), HTML in a notebook.
+"""See exactly which tokens a batch trains: coloured in a terminal, marked in plain text, HTML in a notebook.
 
-Trained tokens (label != -100) are shown on a green background, ignored ones dim; a padding token is
-shown as ``·``. Sequence boundaries of padding-free batches are marked with ``┃``.
+Trained tokens are shown on a green background in a colour terminal and in ``[brackets]`` where there is no
+colour (a pipe, a log file, CI, ``TERM=dumb``, ``NO_COLOR=1``); ignored ones are dim; a padding token is shown as
+``·``. Sequence boundaries of padding-free batches are marked with ``┃`` (``|`` in plain text).
+
+The views take a collated batch (``input_ids`` and ``labels``), or rows as a dataset holds them (``messages``,
+``prompt``/``completion``, ``text``, tokenized rows): those are tokenized with the chat template and masked the
+way the trainer masks them, or by the collator you pass.
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .errors import FormatKitTypeError, FormatKitValueError, preview
 from .masking import IGNORE_INDEX
 
-__all__ = ["TrainedTokens", "trained_tokens", "show_trained"]
+__all__ = ["TrainedTokens", "trained_tokens", "show_trained", "as_batch", "encode_row", "encode_messages"]
 
 _TRAINED_STYLE = "bold black on green3"
 _IGNORED_STYLE = "grey50"
@@ -45,9 +53,12 @@ class TrainedTokens:
         """The trained tokens' text, joined (what the loss sees as targets)."""
         return "".join(p for p, t in zip(self.pieces, self.trained, strict=True) if t)
 
-    def __rich__(self) -> Any:
+    def __rich_console__(self, console: Any, options: Any) -> Any:
         from rich.text import Text
 
+        if console.no_color or console.color_system is None:  # no colour: mark the trained tokens in text
+            yield Text(self._plain(newline="↵\n"))
+            return
         text = Text()
         for piece, trained, pad, start in zip(self.pieces, self.trained, self.padding, self.boundary, strict=True):
             if start:
@@ -56,7 +67,7 @@ class TrainedTokens:
                 text.append("·", style="grey30")
             else:
                 text.append(piece.replace("\n", "↵\n"), style=_TRAINED_STYLE if trained else _IGNORED_STYLE)
-        return text
+        yield text
 
     def _repr_html_(self) -> str:
         spans = []
@@ -76,23 +87,35 @@ class TrainedTokens:
         return f'<div style="font-family:monospace;white-space:pre-wrap">{"".join(spans)}</div>{legend}'
 
     def __str__(self) -> str:  # plain text: trained tokens in [brackets]
+        return self._plain()
+
+    def _plain(self, newline: str = "\n") -> str:
         out = []
         for piece, trained, pad, start in zip(self.pieces, self.trained, self.padding, self.boundary, strict=True):
             if start:
                 out.append("|")
             if not pad:
+                piece = piece.replace("\n", newline)
                 out.append(f"[{piece}]" if trained else piece)
         return "".join(out)
 
 
-def trained_tokens(batch: Mapping[str, Any], tokenizer: Any, row: int = 0) -> TrainedTokens:
-    """Which tokens of one row of a collated batch are trained.
+def trained_tokens(
+    data: Any, tokenizer: Any, row: int = 0, *, collator: Any = None, ignore_index: int | None = None
+) -> TrainedTokens:
+    """Which tokens of one row are trained: of a collated batch, or of rows as a dataset holds them.
 
     Args:
-        batch: a collator's output (``input_ids`` and ``labels``; ``attention_mask`` or ``position_ids`` when
-            present mark padding and sequence starts).
-        tokenizer: the tokenizer that made the ids (for the tokens' text).
-        row: the row of the batch.
+        data: a collator's output (``input_ids`` and ``labels``; ``attention_mask`` or ``position_ids`` when
+            present mark padding and sequence starts), or one row or a list of rows (``messages``,
+            ``prompt``/``completion``, ``text``, or tokenized ``input_ids``). Rows are tokenized with the chat
+            template and masked as the trainer masks them (assistant turns; the completion; every token of plain
+            text), or collated by ``collator`` when one is given.
+        tokenizer: the tokenizer that made (or makes) the ids.
+        row: the row of the batch, or of the list of rows.
+        collator: a collator (``DataCollatorForCompletionOnlyLM``) to collate rows with.
+        ignore_index: the label of untrained tokens. Default: the collator's, else every negative label
+            (``-100`` or another ``ignore_index``: token ids are never negative).
 
     Example:
         >>> from trl_formatkit._toy import toy_tokenizer
@@ -103,11 +126,16 @@ def trained_tokens(batch: Mapping[str, Any], tokenizer: Any, row: int = 0) -> Tr
         'userhiassistant[hello][there]'
         >>> view.n_trained
         2
+        >>> str(trained_tokens({"input_ids": [ids], "labels": [[-1, -1, -1] + ids[3:]]}, tok, ignore_index=-1))
+        'userhiassistant[hello][there]'
     """
+    batch = as_batch(data, tokenizer, collator=collator)
+    if ignore_index is None and collator is not None:
+        ignore_index = getattr(collator, "ignore_index", None)
     ids = _row(batch["input_ids"], row)
     labels = _row(batch["labels"], row)
     if ids.shape != labels.shape:
-        raise ValueError(f"input_ids {ids.shape} and labels {labels.shape} differ in shape")
+        raise FormatKitValueError(f"input_ids {ids.shape} and labels {labels.shape} differ in shape")
     padding = np.zeros(ids.shape, dtype=bool)
     if batch.get("attention_mask") is not None:
         padding = _row(batch["attention_mask"], row) == 0
@@ -115,14 +143,116 @@ def trained_tokens(batch: Mapping[str, Any], tokenizer: Any, row: int = 0) -> Tr
     if batch.get("position_ids") is not None and "attention_mask" not in batch:
         boundary = _row(batch["position_ids"], row) == 0
         boundary[0] = False
+    trained = labels >= 0 if ignore_index is None else labels != ignore_index
     added = _added_ids(tokenizer)
     pieces = tuple(_visible(tokenizer, int(i), added) for i in ids.tolist())
     return TrainedTokens(
         pieces=pieces,
-        trained=tuple(bool(x) for x in labels != IGNORE_INDEX),
+        trained=tuple(bool(x) for x in trained & ~padding),
         padding=tuple(bool(x) for x in padding),
         boundary=tuple(bool(x) for x in boundary),
     )
+
+
+def as_batch(data: Any, tokenizer: Any, *, collator: Any = None) -> Mapping[str, Any]:
+    """``data`` as a batch with ``input_ids`` and ``labels``: a collated batch as it is, rows encoded.
+
+    Example:
+        >>> from trl_formatkit._toy import toy_tokenizer
+        >>> as_batch([{"text": "hello there"}, {"text": "hi"}], toy_tokenizer())
+        {'input_ids': [[6, 8], [7]], 'labels': [[6, 8], [7]]}
+    """
+    if isinstance(data, Mapping) and "labels" in data and "input_ids" in data:
+        return data
+    rows = [data] if isinstance(data, Mapping) else list(data)
+    if not rows or not all(isinstance(r, Mapping) for r in rows):
+        raise FormatKitTypeError(
+            f"expected a collated batch (input_ids and labels), a row or a list of rows (dicts), got {preview(data)}"
+        )
+    if collator is not None:
+        return collator([{"input_ids": encode_row(r, tokenizer, index=i)[0]} for i, r in enumerate(rows)])
+    encoded = [encode_row(r, tokenizer, index=i) for i, r in enumerate(rows)]
+    return {
+        "input_ids": [ids for ids, _ in encoded],
+        "labels": [[t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)] for ids, mask in encoded],
+    }
+
+
+def encode_row(row: Mapping[str, Any], tokenizer: Any, *, index: int = 0) -> tuple[list[int], list[bool]]:
+    """One row's token ids and, per token, whether the trainer trains it.
+
+    ``messages``: the chat template; assistant turns trained. ``prompt``/``completion``: conversational ones
+    through the chat template, strings as trl tokenizes them (prompt, then completion and EOS); the completion
+    trained. ``text``: every token trained (language modelling). ``input_ids``: as given, trained where a
+    ``labels``/``completion_mask``/``assistant_masks`` says so (every token where none is given). Other
+    schemas (alpaca, sharegpt, plugins) are turned into ``messages`` by their format.
+    """
+    if "input_ids" in row:
+        ids = [int(t) for t in row["input_ids"]]
+        return ids, _given_mask(row, len(ids))
+    if "messages" in row:
+        return encode_messages(tokenizer, row["messages"], index=index)
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, list) and isinstance(completion, list):
+            ids, mask = encode_messages(tokenizer, [*prompt, *completion], index=index)
+            n_prompt = len(encode_messages(tokenizer, list(prompt), index=index, generation_prompt=True)[0])
+            return ids, [m and i >= n_prompt for i, m in enumerate(mask)]
+        prompt_ids = tokenizer(str(prompt))["input_ids"]
+        ids = tokenizer(str(prompt) + str(completion))["input_ids"]
+        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+            ids = [*ids, tokenizer.eos_token_id]
+        return ids, [i >= len(prompt_ids) for i in range(len(ids))]
+    if "text" in row:
+        ids = tokenizer(str(row["text"]))["input_ids"]
+        return ids, [True] * len(ids)
+    from .formats import detect_format
+
+    return encode_messages(tokenizer, detect_format(list(row)).to_messages(row), index=index)
+
+
+def _turn_end(through: str, text: str, eos: str) -> int:
+    """Where a turn ends in the whole conversation: ``through`` (rendered up to the turn) less a closing EOS."""
+    if not text.startswith(through) and through.endswith(eos):
+        through = through[: -len(eos)]  # templates close a conversation with EOS; a middle turn has none
+    return len(os.path.commonprefix([through, text]))
+
+
+def _given_mask(row: Mapping[str, Any], n: int) -> list[bool]:
+    if row.get("labels") is not None:
+        return [int(x) >= 0 for x in row["labels"]]
+    for key in ("completion_mask", "assistant_masks"):
+        if row.get(key) is not None:
+            return [bool(x) for x in row[key]]
+    return [True] * n
+
+
+def encode_messages(
+    tokenizer: Any, messages: list[dict], *, index: int = 0, generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
+    """A conversation's token ids through the tokenizer's chat template, and its assistant turns as a mask.
+
+    Each assistant turn is found from the conversation's structure (the template rendered up to the turn and
+    through it), so a marker typed inside a message never opens or closes a turn.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise FormatKitValueError(
+            f"row {index} is a conversation but the tokenizer has no chat template: add one "
+            "(trl_formatkit.add_chat_template(tokenizer)) or give formatted text with a response template"
+        )
+    render = functools.partial(tokenizer.apply_chat_template, tokenize=False)
+    text = render(messages, add_generation_prompt=generation_prompt)
+    spans, eos = [], tokenizer.eos_token or "\0"
+    for i, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            before = render(messages[:i], add_generation_prompt=True) if i else ""
+            spans.append((len(before) if text.startswith(before) else 0, _turn_end(render(messages[: i + 1]), text, eos)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = np.asarray([start for start, _ in enc["offset_mapping"]], dtype=np.int64)
+    mask = np.zeros(len(starts), dtype=bool)
+    for lo, hi in spans:
+        mask |= (starts >= lo) & (starts < hi)
+    return list(enc["input_ids"]), mask.tolist()
 
 
 def _added_ids(tokenizer: Any) -> set[int]:
@@ -149,26 +279,39 @@ def _visible(tokenizer: Any, token_id: int, added: set[int]) -> str:
 def _row(value: Any, row: int) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
+    if isinstance(value, Sequence) and value and not isinstance(value[0], (int, np.integer)):
+        return np.asarray(value[row])  # a list of rows (they may differ in length)
     arr = np.asarray(value)
     return arr[row] if arr.ndim == 2 else arr
 
 
-def show_trained(batch: Mapping[str, Any], tokenizer: Any, rows: Sequence[int] | None = None, console: Any = None):
-    """Print each row of a batch with its trained tokens highlighted (rich), with a count per row.
+def show_trained(
+    data: Any,
+    tokenizer: Any,
+    rows: Sequence[int] | None = None,
+    console: Any = None,
+    *,
+    collator: Any = None,
+    ignore_index: int | None = None,
+) -> None:
+    """Print each row with its trained tokens marked (colour in a terminal, ``[brackets]`` elsewhere), with a count.
 
     Args:
-        batch: a collator's output.
-        tokenizer: the tokenizer that made the ids.
+        data: a collator's output, or a row or a list of rows as a dataset holds them (see :func:`trained_tokens`).
+        tokenizer: the tokenizer that made (or makes) the ids.
         rows: which rows (default: all).
         console: a ``rich.console.Console`` (default: a new one on stdout).
+        collator: a collator to collate rows with (default: mask them as the trainer does).
+        ignore_index: the label of untrained tokens (default: the collator's, else every negative label).
     """
     from rich.console import Console
     from rich.panel import Panel
 
     console = console or Console()
+    batch = as_batch(data, tokenizer, collator=collator)
     n_rows = _n_rows(batch["input_ids"])
     for r in rows if rows is not None else range(n_rows):
-        view = trained_tokens(batch, tokenizer, r)
+        view = trained_tokens(batch, tokenizer, r, collator=collator, ignore_index=ignore_index)
         real = len(view.pieces) - sum(view.padding)
         title = f"row {r}: {view.n_trained} of {real} tokens trained"
         console.print(Panel(view, title=title, title_align="left", border_style="green" if view.n_trained else "red"))
