@@ -86,18 +86,24 @@ class TrainedTokens:
         )
         return f'<div style="font-family:monospace;white-space:pre-wrap">{"".join(spans)}</div>{legend}'
 
-    def __str__(self) -> str:  # plain text: trained tokens in [brackets]
+    def __str__(self) -> str:  # plain text: each span of trained tokens in [brackets]
         return self._plain()
 
     def _plain(self, newline: str = "\n") -> str:
-        out = []
+        out, open_ = [], False
         for piece, trained, pad, start in zip(self.pieces, self.trained, self.padding, self.boundary, strict=True):
+            if (start or not trained) and open_:
+                out.append("]")
+                open_ = False
             if start:
                 out.append("|")
-            if not pad:
-                piece = piece.replace("\n", newline)
-                out.append(f"[{piece}]" if trained else piece)
-        return "".join(out)
+            if pad:
+                continue
+            if trained and not open_:
+                out.append("[")
+                open_ = True
+            out.append(piece.replace("\n", newline))
+        return "".join(out) + ("]" if open_ else "")
 
 
 def trained_tokens(
@@ -122,12 +128,12 @@ def trained_tokens(
         >>> tok = toy_tokenizer()
         >>> ids = tok.convert_tokens_to_ids(["user", "hi", "assistant", "hello", "there"])
         >>> view = trained_tokens({"input_ids": [ids], "labels": [[-100, -100, -100] + ids[3:]]}, tok)
-        >>> str(view)
-        'userhiassistant[hello][there]'
+        >>> str(view)  # trained spans in brackets
+        'userhiassistant[hellothere]'
         >>> view.n_trained
         2
         >>> str(trained_tokens({"input_ids": [ids], "labels": [[-1, -1, -1] + ids[3:]]}, tok, ignore_index=-1))
-        'userhiassistant[hello][there]'
+        'userhiassistant[hellothere]'
     """
     batch = as_batch(data, tokenizer, collator=collator)
     if ignore_index is None and collator is not None:
