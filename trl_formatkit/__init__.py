@@ -23,6 +23,10 @@ _LAZY: dict[str, str] = {
     # masking / collators
     "IGNORE_INDEX": "masking",
     "DataCollatorForCompletionOnlyLM": "collators",
+    # masks from a conversation's structure
+    "encode_conversation": "structure",
+    "encode_conversations": "structure",
+    "find_template_markers": "structure",
     # what a person looks at
     "trained_tokens": "views",
     "show_trained": "views",
@@ -99,6 +103,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hookspecs import hookimpl
     from .views import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
+    from .structure import encode_conversation, encode_conversations, find_template_markers
     from .special_tokens import (
         CHAT_TEMPLATES,
         AuditFinding,

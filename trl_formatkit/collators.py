@@ -372,6 +372,25 @@ class DataCollatorForCompletionOnlyLM:
             )
         return line
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, **collator_kwargs: Any) -> DataCollatorForCompletionOnlyLM:
+        """A collator with the response, instruction and end templates of the tokenizer's own chat template.
+
+        The templates come from :func:`trl_formatkit.structure.find_template_markers` (a probe conversation
+        rendered with the template); ``collator_kwargs`` are the collator's other fields and win over them.
+
+        Example:
+            >>> from trl_formatkit._toy import toy_tokenizer
+            >>> from trl_formatkit import add_chat_template
+            >>> collator = DataCollatorForCompletionOnlyLM.from_tokenizer(add_chat_template(toy_tokenizer()))
+            >>> collator.response_template, collator.instruction_template, collator.end_template
+            ('<s>assistant\\n', '<s>user\\n', '</s>')
+        """
+        from .structure import find_template_markers
+
+        kwargs: dict[str, Any] = {**find_template_markers(tokenizer), **collator_kwargs}
+        return cls(kwargs.pop("response_template"), kwargs.pop("instruction_template"), tokenizer=tokenizer, **kwargs)
+
 
 def _ids_in_text(tokenizer: Any, text: str, needle: str) -> list[int] | None:
     """Ids of the tokens covering the first ``needle`` in ``text``, as the tokenizer splits the whole text."""
