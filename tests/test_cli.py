@@ -123,7 +123,7 @@ def test_inspect_whole_dataset_summary_and_exit_status(tmp_path):
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"messages": CHAT}] * 5 + [{"messages": CHAT[:1]}])
     status, out, err = run("inspect", "--dataset", str(rows), "--rows", "1")
     assert status == 1, err  # a row trains nothing
-    assert "row 0: 5 of 9 tokens trained" in out and "row 1:" not in out
+    assert "row 0: 4 of 9 tokens trained" in out and "row 1:" not in out
     assert "Summary over 6 rows (format chatml" in out and "rows with nothing trained: 1 (rows 5)" in out
     assert "row 5: '<|user|> Hi<|end|>" in out  # a decoded preview
     status, out, _ = run("inspect", "--dataset", str(rows), "--json", "--max-length", "4", "--batch-size", "2")

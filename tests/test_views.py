@@ -109,9 +109,9 @@ def test_rows_as_users_have_them(phi):
     """Issue 10 item 2: messages, prompt-completion and text rows are shown without collating by hand."""
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
     view = trained_tokens({"messages": chat}, phi)
-    assert view.trained_text() == " Hello there.<|end|><|endoftext|>"  # the answer, its end of turn, the EOS
+    assert view.trained_text() == " Hello there.<|end|>"  # the answer and its end of turn
     two = trained_tokens({"messages": [*chat, {"role": "user", "content": "<|assistant|> secret"}, chat[1]]}, phi)
-    assert two.trained_text() == " Hello there.<|end|> Hello there.<|end|><|endoftext|>"  # structure, not markers
+    assert two.trained_text() == " Hello there.<|end|> Hello there.<|end|>"  # the structure, not the markers
     pc = trained_tokens({"prompt": [chat[0]], "completion": [chat[1]]}, phi)
     assert pc.trained_text() == view.trained_text()
     text = trained_tokens({"text": "Hello there."}, phi)

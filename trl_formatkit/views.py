@@ -11,9 +11,7 @@ way the trainer masks them, or by the collator you pass.
 
 from __future__ import annotations
 
-import functools
 import html
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +21,7 @@ import numpy as np
 from .errors import FormatKitTypeError, FormatKitValueError, preview
 from .masking import IGNORE_INDEX
 
-__all__ = ["TrainedTokens", "trained_tokens", "show_trained", "as_batch", "encode_row", "encode_messages"]
+__all__ = ["TrainedTokens", "trained_tokens", "show_trained", "as_batch", "encode_row"]
 
 _TRAINED_STYLE = "bold black on green3"
 _IGNORED_STYLE = "grey50"
@@ -187,23 +185,28 @@ def as_batch(data: Any, tokenizer: Any, *, collator: Any = None) -> Mapping[str,
 def encode_row(row: Mapping[str, Any], tokenizer: Any, *, index: int = 0) -> tuple[list[int], list[bool]]:
     """One row's token ids and, per token, whether the trainer trains it.
 
-    ``messages``: the chat template; assistant turns trained. ``prompt``/``completion``: conversational ones
-    through the chat template, strings as trl tokenizes them (prompt, then completion and EOS); the completion
-    trained. ``text``: every token trained (language modelling). ``input_ids``: as given, trained where a
-    ``labels``/``completion_mask``/``assistant_masks`` says so (every token where none is given). Other
-    schemas (alpaca, sharegpt, plugins) are turned into ``messages`` by their format.
+    ``messages``: the chat template; assistant turns trained, found from the conversation's structure
+    (:mod:`trl_formatkit.structure`), so a marker typed inside a message never opens a turn.
+    ``prompt``/``completion``: conversational ones through the chat template, strings as trl tokenizes them
+    (prompt, then completion and EOS); the completion trained. ``text``: every token trained (language
+    modelling). ``input_ids``: as given, trained where ``labels``/``completion_mask``/``assistant_masks`` say so
+    (every token where none is given). Other schemas (alpaca, sharegpt, plugins) go through their format.
+
+    Example:
+        >>> from trl_formatkit._toy import toy_tokenizer
+        >>> encode_row({"prompt": "what is ", "completion": "the capital"}, toy_tokenizer())  # + EOS
+        ([9, 10, 11, 12, 2], [False, False, True, True, True])
     """
     if "input_ids" in row:
         ids = [int(t) for t in row["input_ids"]]
         return ids, _given_mask(row, len(ids))
     if "messages" in row:
-        return encode_messages(tokenizer, row["messages"], index=index)
+        return encode_messages(tokenizer, [row["messages"]], index=index)[0]
     if "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(prompt, list) and isinstance(completion, list):
-            ids, mask = encode_messages(tokenizer, [*prompt, *completion], index=index)
-            n_prompt = len(encode_messages(tokenizer, list(prompt), index=index, generation_prompt=True)[0])
-            return ids, [m and i >= n_prompt for i, m in enumerate(mask)]
+            turns = [{**m, "train": False} for m in prompt] + [{**m, "train": True} for m in completion]
+            return encode_messages(tokenizer, [turns], index=index)[0]
         prompt_ids = tokenizer(str(prompt))["input_ids"]
         ids = tokenizer(str(prompt) + str(completion))["input_ids"]
         if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
@@ -214,14 +217,23 @@ def encode_row(row: Mapping[str, Any], tokenizer: Any, *, index: int = 0) -> tup
         return ids, [True] * len(ids)
     from .formats import detect_format
 
-    return encode_messages(tokenizer, detect_format(list(row)).to_messages(row), index=index)
+    return encode_messages(tokenizer, [detect_format(list(row)).to_messages(row)], index=index)[0]
 
 
-def _turn_end(through: str, text: str, eos: str) -> int:
-    """Where a turn ends in the whole conversation: ``through`` (rendered up to the turn) less a closing EOS."""
-    if not text.startswith(through) and through.endswith(eos):
-        through = through[: -len(eos)]  # templates close a conversation with EOS; a middle turn has none
-    return len(os.path.commonprefix([through, text]))
+def encode_messages(tokenizer: Any, conversations: list, *, index: int = 0) -> list[tuple[list[int], list[bool]]]:
+    """Token ids and assistant-turn masks of conversations (:func:`trl_formatkit.structure.encode_conversations`).
+
+    A failure names the row as counted by the caller (``index`` is the first conversation's row).
+    """
+    from .errors import FormatKitError
+    from .structure import encode_conversations
+
+    try:
+        out = encode_conversations(tokenizer, conversations)
+    except FormatKitError as err:
+        where = f"row {index}" if len(conversations) == 1 else f"rows {index}-{index + len(conversations) - 1}"
+        raise type(err)(f"{where}: {err}") from None
+    return [(ids, [bool(m) for m in mask]) for ids, mask in zip(out["input_ids"], out["completion_mask"], strict=True)]
 
 
 def _given_mask(row: Mapping[str, Any], n: int) -> list[bool]:
@@ -231,34 +243,6 @@ def _given_mask(row: Mapping[str, Any], n: int) -> list[bool]:
         if row.get(key) is not None:
             return [bool(x) for x in row[key]]
     return [True] * n
-
-
-def encode_messages(
-    tokenizer: Any, messages: list[dict], *, index: int = 0, generation_prompt: bool = False
-) -> tuple[list[int], list[bool]]:
-    """A conversation's token ids through the tokenizer's chat template, and its assistant turns as a mask.
-
-    Each assistant turn is found from the conversation's structure (the template rendered up to the turn and
-    through it), so a marker typed inside a message never opens or closes a turn.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise FormatKitValueError(
-            f"row {index} is a conversation but the tokenizer has no chat template: add one "
-            "(trl_formatkit.add_chat_template(tokenizer)) or give formatted text with a response template"
-        )
-    render = functools.partial(tokenizer.apply_chat_template, tokenize=False)
-    text = render(messages, add_generation_prompt=generation_prompt)
-    spans, eos = [], tokenizer.eos_token or "\0"
-    for i, message in enumerate(messages):
-        if message.get("role") == "assistant":
-            before = render(messages[:i], add_generation_prompt=True) if i else ""
-            spans.append((len(before) if text.startswith(before) else 0, _turn_end(render(messages[: i + 1]), text, eos)))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    starts = np.asarray([start for start, _ in enc["offset_mapping"]], dtype=np.int64)
-    mask = np.zeros(len(starts), dtype=bool)
-    for lo, hi in spans:
-        mask |= (starts >= lo) & (starts < hi)
-    return list(enc["input_ids"]), mask.tolist()
 
 
 def _added_ids(tokenizer: Any) -> set[int]:

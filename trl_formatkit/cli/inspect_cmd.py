@@ -132,16 +132,17 @@ def _collator(args: argparse.Namespace, tok: Any) -> Any:
 
 
 def _encode(rows: list[dict], tok: Any) -> list[tuple[list[int], list[bool]]]:
+    """Every row's ids and trainer mask; conversations in batches (one template render and tokenizer call each)."""
     from ..errors import FormatKitError
-    from ..views import encode_row
+    from ..views import encode_messages, encode_row
 
-    out = []
-    for n, row in enumerate(rows):
-        try:
-            out.append(encode_row(row, tok, index=n))
-        except FormatKitError as err:
-            raise CLIError(str(err).splitlines()[0]) from None
-    return out
+    try:
+        if all("messages" in r for r in rows):
+            return [pair for start in range(0, len(rows), CHUNK)
+                    for pair in encode_messages(tok, [r["messages"] for r in rows[start : start + CHUNK]], index=start)]
+        return [encode_row(row, tok, index=n) for n, row in enumerate(rows)]
+    except FormatKitError as err:
+        raise CLIError(str(err).splitlines()[0]) from None
 
 
 def _masks(encoded: list, collator: Any, console: Any) -> tuple[list[np.ndarray], list[str]]:
