@@ -290,3 +290,14 @@ def test_help_is_plain_text_with_exit_status(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert "``" not in out and ":func:" not in out and "exit status" in out
+
+
+def test_audit_rendering_keeps_markup_like_tokens_as_text():
+    """Issue 9 item 10: a special token such as "[/PAD]" is printed as written by the CLI's audit view."""
+    from trl_formatkit import audit_tokenizer
+    from trl_formatkit._toy import toy_tokenizer
+    from trl_formatkit.cli.audit_cmd import render_report
+
+    console = Console(file=io.StringIO(), width=80)
+    render_report(audit_tokenizer(toy_tokenizer(pad_token="[/PAD]", added_tokens=["[bold]"])), console)
+    assert "'[/PAD]'" in console.file.getvalue()

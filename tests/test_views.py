@@ -116,6 +116,12 @@ def test_rows_as_users_have_them(phi):
     assert pc.trained_text() == view.trained_text()
     text = trained_tokens({"text": "Hello there."}, phi)
     assert text.n_trained == len(text.pieces)  # plain text: every token is a target (language modelling)
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([{"messages": chat}, {"messages": chat[:1] + [{"role": "assistant", "content": "Yo"}]}])
+    assert trained_tokens(dataset[:2], phi, row=1).trained_text() == " Yo<|end|>"  # columns, as dataset[:2] gives
+    assert trained_tokens(dataset[1], phi).trained_text() == " Yo<|end|>"
     collator = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi)
     both = trained_tokens([{"messages": chat}, {"messages": chat}], phi, row=1, collator=collator)
     assert both.trained_text().strip().startswith("Hello there.")
+

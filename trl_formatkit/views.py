@@ -168,7 +168,10 @@ def as_batch(data: Any, tokenizer: Any, *, collator: Any = None) -> Mapping[str,
     """
     if isinstance(data, Mapping) and "labels" in data and "input_ids" in data:
         return data
-    rows = [data] if isinstance(data, Mapping) else list(data)
+    if isinstance(data, Mapping):  # a row, or columns (``dataset[:2]``)
+        rows = [dict(zip(data, values, strict=True)) for values in zip(*data.values())] if _is_columns(data) else [data]
+    else:
+        rows = list(data)
     if not rows or not all(isinstance(r, Mapping) for r in rows):
         raise FormatKitTypeError(
             f"expected a collated batch (input_ids and labels), a row or a list of rows (dicts), got {preview(data)}"
@@ -234,6 +237,17 @@ def encode_messages(tokenizer: Any, conversations: list, *, index: int = 0) -> l
         where = f"row {index}" if len(conversations) == 1 else f"rows {index}-{index + len(conversations) - 1}"
         raise type(err)(f"{where}: {err}") from None
     return [(ids, [bool(m) for m in mask]) for ids, mask in zip(out["input_ids"], out["completion_mask"], strict=True)]
+
+
+def _is_columns(data: Mapping[str, Any]) -> bool:
+    """True for ``dataset[:n]`` (each value a list with one entry per row), False for one row."""
+    values = list(data.values())
+    return (
+        bool(values)
+        and all(isinstance(v, list) and v for v in values)
+        and len({len(v) for v in values}) == 1
+        and not any(isinstance(v[0], (int, np.integer, Mapping)) for v in values)  # a row's ids or messages
+    )
 
 
 def _given_mask(row: Mapping[str, Any], n: int) -> list[bool]:
