@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -83,8 +86,9 @@ def run(args: argparse.Namespace, console: Any) -> int:
     tok = load_tokenizer(args.tokenizer)
     rows, fmt = _rows(args)
     collator = _collator(args, tok)
-    encoded = _encode(rows, tok)
-    masks, caught = _masks(encoded, collator, console)
+    with _progress(len(rows) * (2 if collator else 1)) as advance:
+        encoded = _encode(rows, tok, advance)
+        masks, caught = _masks(encoded, collator, advance)
     summary = summarise(encoded, masks, args, fmt, "collator" if collator else "trainer")
     summary.warnings = _template_hints(args, summary) + caught
     if args.json:
@@ -131,71 +135,62 @@ def _collator(args: argparse.Namespace, tok: Any) -> Any:
         raise CLIError(str(err).splitlines()[0]) from None
 
 
-def _encode(rows: list[dict], tok: Any) -> list[tuple[list[int], list[bool]]]:
+def _encode(rows: list[dict], tok: Any, advance: Callable[[int], None]) -> list[tuple[list[int], list[bool]]]:
     """Every row's ids and trainer mask; conversations in batches (one template render and tokenizer call each)."""
     from ..errors import FormatKitError
     from ..views import encode_messages, encode_row
 
-    try:
-        if all("messages" in r for r in rows):
-            return [pair for start in range(0, len(rows), CHUNK)
-                    for pair in encode_messages(tok, [r["messages"] for r in rows[start : start + CHUNK]], index=start)]
-        return [encode_row(row, tok, index=n) for n, row in enumerate(rows)]
-    except FormatKitError as err:
-        raise CLIError(str(err).splitlines()[0]) from None
+    out: list[tuple[list[int], list[bool]]] = []
+    for start in range(0, len(rows), CHUNK):
+        part = rows[start : start + CHUNK]
+        try:
+            if all("messages" in r for r in part):
+                out += encode_messages(tok, [r["messages"] for r in part], index=start)
+            else:
+                out += [encode_row(row, tok, index=start + n) for n, row in enumerate(part)]
+        except FormatKitError as err:
+            raise CLIError(str(err).splitlines()[0]) from None
+        advance(len(part))
+    return out
 
 
-def _masks(encoded: list, collator: Any, console: Any) -> tuple[list[np.ndarray], list[str]]:
+def _masks(encoded: list, collator: Any, advance: Callable[[int], None]) -> tuple[list[np.ndarray], list[str]]:
     """Per row, the trained tokens: the collator's labels (in chunks, with a progress bar), or the rows' own."""
     if collator is None:
         return [np.asarray(m, dtype=bool) for _, m in encoded], []
     masks: list[np.ndarray] = []
     first: list[str] = []  # the first chunk's warnings in full; then how many chunks warned
     warned = 0
-    with _progress(console, len(encoded)) as advance:
-        for start in range(0, len(encoded), CHUNK):
-            part = encoded[start : start + CHUNK]
-            with caught_warnings() as caught:
-                batch = collator([{"input_ids": ids} for ids, _ in part], return_tensors="np")
-            for r in range(len(part)):
-                real = np.asarray(batch["attention_mask"][r], dtype=bool)
-                masks.append(np.asarray(batch["labels"][r])[real] != collator.ignore_index)
-            if caught:
-                warned += 1
-                if not first:
-                    where = f"rows {start}-{start + len(part) - 1}, the collator counting from 0 there"
-                    first = [f"({where}) {line}" for line in warning_lines(caught)]
-            advance(len(part))
+    for start in range(0, len(encoded), CHUNK):
+        part = encoded[start : start + CHUNK]
+        with caught_warnings() as caught:
+            batch = collator([{"input_ids": ids} for ids, _ in part], return_tensors="np")
+        for r in range(len(part)):
+            real = np.asarray(batch["attention_mask"][r], dtype=bool)
+            masks.append(np.asarray(batch["labels"][r])[real] != collator.ignore_index)
+        if caught:
+            warned += 1
+            if not first:
+                where = f"rows {start}-{start + len(part) - 1}, the collator counting from 0 there"
+                first = [f"({where}) {line}" for line in warning_lines(caught)]
+        advance(len(part))
     if warned > 1:
         first.append(f"the collator warned in {warned - 1} more chunks of {CHUNK} rows (see the counts above)")
     return masks, first
 
 
-class _progress:
-    """A progress bar on stderr where stderr is a terminal; nothing otherwise (pipes and logs stay clean)."""
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr where stderr is a terminal (nothing in pipes and logs); yields ``advance(n)``."""
+    if total <= CHUNK or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
 
-    def __init__(self, console: Any, total: int) -> None:
-        self.total, self.bar = total, None
-        if console.stderr is False and total > CHUNK:
-            import sys
-
-            from rich.console import Console
-            from rich.progress import Progress
-
-            err = Console(stderr=True)
-            if sys.stderr.isatty() and err.is_terminal:
-                self.bar = Progress(console=err, transient=True)
-
-    def __enter__(self):
-        if self.bar is None:
-            return lambda n: None
-        self.bar.start()
-        task = self.bar.add_task("checking rows", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("checking rows", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def summarise(encoded: list, masks: list[np.ndarray], args: argparse.Namespace, fmt: str, source: str) -> Summary:
