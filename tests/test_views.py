@@ -66,15 +66,14 @@ def test_plain_output_marks_the_trained_tokens(phi):
     assert "\x1b[" in colour.file.getvalue() and "[ Y" not in colour.file.getvalue()  # colour, no brackets
 
 
-def test_no_color_env_marks_in_plain_text(phi, monkeypatch):
+def test_no_color_env_marks_in_plain_text(phi):
     import io
 
     from rich.console import Console
 
     from trl_formatkit import show_trained
 
-    monkeypatch.setenv("NO_COLOR", "1")
-    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, _environ={"NO_COLOR": "1"})  # as rich reads it
     batch = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=phi)([phi("<|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>")])
     show_trained(batch, phi, console=console)
     assert "<|end|>]" in console.file.getvalue()
