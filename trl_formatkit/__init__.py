@@ -28,8 +28,8 @@ _LAZY: dict[str, str] = {
     "encode_conversations": "structure",
     "find_template_markers": "structure",
     # what a person looks at
-    "trained_tokens": "inspect",
-    "show_trained": "inspect",
+    "trained_tokens": "views",
+    "show_trained": "views",
     # formats / plugins (`formats` is the default registry: the trl_formatkit.formats module itself)
     "Format": "formats",
     "FormatRegistry": "formats",
@@ -105,7 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_messages,
     )
     from .hookspecs import hookimpl
-    from .inspect import show_trained, trained_tokens
+    from .views import show_trained, trained_tokens
     from .masking import IGNORE_INDEX
     from .packing import ConstantLengthDataset
     from .sft import SFTTrainer
