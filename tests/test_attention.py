@@ -15,7 +15,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trl_formatkit import attention as A
+from trl_formatkit.attention import forward as F
+from trl_formatkit.attention import kernels as K
+from trl_formatkit.attention.segments import Segments
 from trl_formatkit.attention import (
     DEFAULT_NAME,
     register,
@@ -327,7 +329,7 @@ def test_mask_function():
 def test_no_dense_mask_is_built_for_flattened_batches(name, monkeypatch):
     """The model must hand the attention no 4-D mask (that is the memory padding-free saves)."""
     seen = []
-    original = A.varlen_attention_forward
+    original = F.varlen_attention_forward
 
     def spy(module, query, key, value, attention_mask, **kwargs):
         seen.append(attention_mask)
@@ -393,7 +395,7 @@ def test_inconsistent_cu_seq_lens_raise(cu, match):
 
 def test_short_max_length_raises():
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
-    with pytest.raises(FormatKitValueError, match=r"max_length_q/k = 2/2 is shorter .* \(3/3\)"):
+    with pytest.raises(FormatKitValueError, match=r"max_length_q/k = 2/2 is shorter .* \(3\)"):
         varlen_attention_forward(
             torch.nn.Module(), *_qkv(), None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=2, max_length_k=2
         )
@@ -432,11 +434,11 @@ def test_custom_4d_mask_goes_to_sdpa():
 
 
 def test_sliding_window_without_kernel_support_raises():
-    kernel = A._Kernel(lambda *a, **k: None, frozenset({"query", "key", "value", "is_causal"}))
+    kernel = K.Kernel(lambda *a, **k: None, frozenset({"query", "key", "value", "is_causal"}))
     q = torch.randn(10, 2, 4)
-    seg = A._Segments(torch.tensor([0, 10]), torch.tensor([0, 10]), 10, 10, None, None)
+    seg = Segments(torch.tensor([0, 10]), torch.tensor([0, 10]), 10, 10, None, None)
     with pytest.raises(FormatKitValueError, match=r"sliding window of 4 tokens .* Upgrade torch"):
-        A._run_kernel(kernel, q, q, q, seg, None, True, 4)
+        K.run_kernel(kernel, q, q, q, seg, K.Spec(None, True, 4))
 
 
 def test_kernel_arguments_adapt_to_the_torch_version():
@@ -447,15 +449,15 @@ def test_kernel_arguments_adapt_to_the_torch_version():
         calls.append((q, k, kw))
         return q
 
-    seg = A._Segments(torch.tensor([0, 3]), torch.tensor([0, 3]), 3, 3, None, None)
+    seg = Segments(torch.tensor([0, 3]), torch.tensor([0, 3]), 3, 3, None, None)
     q, k = torch.ones(3, 4, 2), torch.ones(3, 2, 2)
-    new = A._Kernel(fake, frozenset({"scale", "window_size", "enable_gqa"}))
-    A._run_kernel(new, q, k, k, seg, 0.5, True, None)
+    new = K.Kernel(fake, frozenset({"scale", "window_size", "enable_gqa"}))
+    K.run_kernel(new, q, k, k, seg, K.Spec(0.5, True, None))
     assert calls[-1][2] == {"enable_gqa": True, "scale": 0.5, "window_size": (-1, 0)}
-    A._run_kernel(new, q, k, k, seg, None, True, 8)
+    K.run_kernel(new, q, k, k, seg, K.Spec(None, True, 8))
     assert calls[-1][2]["window_size"] == (7, 0)
-    old = A._Kernel(fake, frozenset({"is_causal"}))
-    A._run_kernel(old, q, k, k, seg, 0.5, True, None)
+    old = K.Kernel(fake, frozenset({"is_causal"}))
+    K.run_kernel(old, q, k, k, seg, K.Spec(0.5, True, None))
     q_seen, k_seen, kw = calls[-1]
     assert kw == {"is_causal": True}
     assert k_seen.shape == (3, 4, 2)  # key/value heads repeated
@@ -579,9 +581,9 @@ def test_cuda_kernel_matches_reference_in_bf16(kv_heads, window):
     cu = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32, device="cuda")
     kw = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
     out, _ = varlen_attention_forward(torch.nn.Module(), q, k, v, None, sliding_window=window, **kw)
-    seg = A._Segments(cu, cu, max(lengths), max(lengths), None, None)
-    ref = A._run_per_sequence(
-        *(t.transpose(1, 2)[0].double() for t in (q, k, v)), seg, None, True, window, 0.0
+    seg = Segments(cu, cu, max(lengths), max(lengths), None, None)
+    ref = K.run_per_sequence(
+        *(t.transpose(1, 2)[0].double() for t in (q, k, v)), seg, K.Spec(None, True, window)
     )
     err = (out[0].double() - ref).norm() / ref.norm()
     assert err < 1e-2, err
@@ -589,9 +591,34 @@ def test_cuda_kernel_matches_reference_in_bf16(kv_heads, window):
 
 @cuda
 def test_cuda_float32_falls_back_with_a_warning():
-    A._WARNED.clear()
+    F._WARNED.clear()
     q = torch.randn(1, 2, 6, 8, device="cuda")
     cu = torch.tensor([0, 2, 6], dtype=torch.int32, device="cuda")
     with pytest.warns(FormatKitWarning, match="falls back"):
         out, _ = varlen_attention_forward(torch.nn.Module(), q, q, q, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     assert out.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 9 item 2: a 0 inside a row's attention_mask is not a sequence boundary
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+@pytest.mark.parametrize("positions", ["default", "arange", "from_mask"])
+def test_hole_in_attention_mask_attends_like_eager(family, positions, name):
+    """A padded row whose mask has a 0 in the middle: the tokens after the hole still see those before it."""
+    model = _tiny(family)
+    seqs = _sequences((9, 12, 6))
+    batch = _padded(seqs, side="right")
+    batch["attention_mask"][0, 3:5] = 0  # a hole in the first row, left and right neighbours real
+    batch["attention_mask"][1, 7] = 0  # a one-token hole in the second
+    batch["labels"][batch["attention_mask"] == 0] = -100
+    if positions == "arange":
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None].expand(3, -1)
+    elif positions == "from_mask":  # what a collator computing positions over real tokens gives
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    real = batch["attention_mask"].bool()
+    _, logits_e, grads_e, _ = _forward_backward(model, "eager", batch)
+    _, logits_v, grads_v, _ = _forward_backward(model, name, batch)
+    torch.testing.assert_close(logits_v[real], logits_e[real], atol=ATOL, rtol=RTOL)
+    for key in grads_e:
+        torch.testing.assert_close(grads_v[key], grads_e[key], atol=ATOL, rtol=RTOL, msg=key)
