@@ -622,3 +622,85 @@ def test_hole_in_attention_mask_attends_like_eager(family, positions, name):
     torch.testing.assert_close(logits_v[real], logits_e[real], atol=ATOL, rtol=RTOL)
     for key in grads_e:
         torch.testing.assert_close(grads_v[key], grads_e[key], atol=ATOL, rtol=RTOL, msg=key)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 12: no device-to-host copy on the collator-metadata path
+# ----------------------------------------------------------------------------------------------------------------
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def host_reads_refused(monkeypatch):
+    """Register a spy of the attention that refuses every read of a tensor's value on the host while it runs."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    inside = []
+
+    def refuse(method):
+        original = getattr(torch.Tensor, method)
+
+        def guarded(self, *args, **kwargs):
+            if inside:
+                raise AssertionError(f"Tensor.{method}() inside the padding-free attention")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    def spy(*args, **kwargs):
+        inside.append(1)
+        try:
+            return varlen_attention_forward(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    for method in _HOST_READS:
+        monkeypatch.setattr(torch.Tensor, method, refuse(method))
+    AttentionInterface.register("formatkit_spy", spy)
+    AttentionMaskInterface.register("formatkit_spy", varlen_attention_mask)
+    return "formatkit_spy"
+
+
+def test_collator_metadata_path_reads_nothing_back_from_the_device(host_reads_refused):
+    model = _tiny("llama")
+    model.train()
+    batch = _flat(_sequences())  # cu_seq_lens as tensors, max_length as ints: what both collators give
+    loss, logits, _, _ = _forward_backward(model, host_reads_refused, batch)
+    _, expected, _, _ = _forward_backward(model, "sdpa", _padded(_sequences()))
+    torch.testing.assert_close(logits[0], _real_logits(expected, _padded(_sequences()), LENGTHS), atol=ATOL, rtol=RTOL)
+
+
+def test_the_host_read_guard_can_fail(host_reads_refused):
+    """max_length as a tensor must be read back: the guard of the test above sees it."""
+    batch = _flat(_sequences())
+    batch["max_length_q"] = batch["max_length_k"] = torch.tensor(max(LENGTHS))
+    with pytest.raises(AssertionError, match=r"Tensor\.__int__\(\) inside"):
+        _forward_backward(_tiny("llama"), host_reads_refused, batch)
+
+
+def test_collators_put_python_ints_in_max_length(load_tokenizer):
+    """The no-copy path needs max_length_q/k as ints: ours and trl's collators give ints."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from trl_formatkit import DataCollatorForCompletionOnlyLM
+
+    tok = load_tokenizer("phi-3-mini")
+    rows = [tok(f"<|user|>{t}<|end|><|assistant|>{t * 2}<|end|>")["input_ids"] for t in ("hi", "a question")]
+    ours = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=tok, padding_free=True)(rows)
+    theirs = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(
+        [{"input_ids": r} for r in rows]
+    )
+    for batch in (ours, theirs):
+        assert type(batch["max_length_q"]) is int and type(batch["max_length_k"]) is int, batch["max_length_q"]
+        assert isinstance(batch["cu_seq_lens_q"], torch.Tensor)
+
+
+@pytest.mark.parametrize("cu, match", [([0, 3, 4], "does not describe"), ([0, 5, 5], "max_length_q/k = 3/3")])
+def test_bad_metadata_is_still_caught_without_a_host_read(cu, match):
+    """The device-side assertion explains itself on the CPU (on a GPU it stops with a device-side assert)."""
+    cu = torch.tensor(cu, dtype=torch.int32)
+    with pytest.raises(FormatKitValueError, match=match):
+        varlen_attention_forward(
+            torch.nn.Module(), *_qkv(), None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=3, max_length_k=3
+        )

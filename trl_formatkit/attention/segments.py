@@ -119,7 +119,7 @@ _DEVICE_ASSERT = (
 )
 
 
-def _explain_bad_cu(cu: torch.Tensor, total: int, maxima: str, what: str) -> FormatKitValueError:
+def _explain_bad_cu(cu: torch.Tensor, total: int, maxima: tuple[int, int], what: str) -> FormatKitValueError:
     """The error for ``cu_seq_lens`` that failed the check (only built once the check has failed)."""
     values = cu.tolist()
     shown = values if len(values) <= 8 else [*values[:4], "...", *values[-2:]]
@@ -132,12 +132,12 @@ def _explain_bad_cu(cu: torch.Tensor, total: int, maxima: str, what: str) -> For
         )
     longest = max(b - a for a, b in zip(values, values[1:]))
     return FormatKitValueError(
-        f"max_length_q/k = {maxima} is shorter than the longest sequence in {what} ({longest}); pass the values "
+        f"max_length_q/k = {maxima[0]}/{maxima[1]} is shorter than the longest sequence in {what} ({longest}); pass the values "
         f"the collator made for this batch, or leave them out"
     )
 
 
-def _assert_cu(cu: torch.Tensor, total: int, max_len: int, maxima: str, what: str) -> None:
+def _assert_cu(cu: torch.Tensor, total: int, max_len: int, maxima: tuple[int, int], what: str) -> None:
     """Check ``cu`` on its own device: one asynchronous assertion, no copy to the host."""
     diffs = cu.diff()
     ok = (cu[0] == 0) & (cu[-1] == total) & (diffs >= 0).all() & (diffs.max() <= max_len)
@@ -178,7 +178,7 @@ def segments_from_cu(
         )
     max_q_i = _max_length(max_q, cu_q_t, "max_length_q")
     max_k_i = max_q_i if same and max_k is max_q else _max_length(max_k, cu_k_t, "max_length_k")
-    maxima = f"{max_q_i}/{max_k_i}"
+    maxima = (max_q_i, max_k_i)  # formatted only for an error: formatting would fix their values in a compiled graph
     _assert_cu(cu_q_t, batch * q_len, min(max_q_i, max_k_i) if same else max_q_i, maxima, "cu_seq_lens_q")
     if not same:
         _assert_cu(cu_k_t, batch * kv_len, max_k_i, maxima, "cu_seq_lens_k")
