@@ -681,7 +681,7 @@ def test_the_host_read_guard_can_fail(host_reads_refused):
 
 def test_collators_put_python_ints_in_max_length(load_tokenizer):
     """The no-copy path needs max_length_q/k as ints: ours and trl's collators give ints."""
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    DataCollatorForLanguageModeling = pytest.importorskip("trl.trainer.sft_trainer").DataCollatorForLanguageModeling
 
     from trl_formatkit import DataCollatorForCompletionOnlyLM
 
@@ -704,3 +704,60 @@ def test_bad_metadata_is_still_caught_without_a_host_read(cu, match):
         varlen_attention_forward(
             torch.nn.Module(), *_qkv(), None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=3, max_length_k=3
         )
+
+
+def _cuda_flat(lengths, heads=8, kv_heads=2, dim=64):
+    n = sum(lengths)
+    q = torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, kv_heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, kv_heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cu = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32, device="cuda")
+    return (q, k, v), dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+
+
+def _sync_debug(mode: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a prototype feature" notice
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+@cuda
+def test_cuda_forward_and_backward_never_wait_for_the_gpu():
+    """issue 12: with the collator's metadata, no device-to-host synchronisation in forward or backward."""
+    (q, k, v), kw = _cuda_flat([37, 1, 200, 64])
+    varlen_attention_forward(torch.nn.Module(), q, k, v, None, **kw)[0].sum().backward()  # warm-up
+    torch.cuda.synchronize()
+    try:
+        _sync_debug("error")
+        for window in (None, 40):
+            out, _ = varlen_attention_forward(torch.nn.Module(), q, k, v, None, sliding_window=window, **kw)
+            out.float().square().sum().backward()
+    finally:
+        _sync_debug("default")
+    torch.cuda.synchronize()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@cuda
+def test_cuda_model_step_syncs_only_outside_this_package():
+    """A whole forward + backward of a bf16 model: any synchronisation left is transformers' own, never ours."""
+    import warnings
+
+    model = _tiny("llama").cuda().to(torch.bfloat16)
+    model.train()
+    model.set_attn_implementation(register())
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _flat(_sequences()).items()}
+    model(**batch).loss.backward()  # warm-up
+    torch.cuda.synchronize()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            model(**batch).loss.backward()
+    finally:
+        _sync_debug("default")
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    print("synchronisations outside trl_formatkit:", syncs)
+    assert not [s for s in syncs if "trl_formatkit" in s], syncs

@@ -16,7 +16,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from test_attention import LENGTHS, _flat, _sequences, _tiny
-from trl_formatkit.attention import register
+from trl_formatkit.attention import register, varlen_kernel_available
 
 
 @pytest.fixture
@@ -67,3 +67,15 @@ def test_compiled_matches_eager(fresh_dynamo):
         got = torch.compile(model, backend="eager")(**batch).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert got.shape[1] == sum(LENGTHS)
+
+
+@pytest.mark.skipif(not varlen_kernel_available(), reason="needs torch>=2.10 and an Ampere+ CUDA GPU")
+def test_cuda_kernel_path_has_no_graph_break(fresh_dynamo):
+    model = _tiny("llama").cuda().to(torch.bfloat16)
+    model.train()
+    model.set_attn_implementation(register())
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _flat(_sequences()).items()}
+    explanation = torch._dynamo.explain(model)(**batch)
+    inside = [(r.reason, _package_frames(r)) for r in explanation.break_reasons if _package_frames(r)]
+    print("graph breaks:", explanation.graph_break_count, [r.reason for r in explanation.break_reasons])
+    assert not inside, inside
