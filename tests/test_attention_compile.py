@@ -43,7 +43,8 @@ def test_no_graph_break_in_training_forward(fresh_dynamo):
 
 
 def test_recompilations_stay_bounded_as_tokens_per_step_change(fresh_dynamo):
-    """The first new shape recompiles with dynamic sizes; later token counts, sequence counts and max lengths reuse it."""
+    """The first new shape recompiles with dynamic sizes; later token counts, sequence counts and max lengths
+    reuse it."""
     model = _tiny("llama")
     model.train()
     model.set_attn_implementation(register())

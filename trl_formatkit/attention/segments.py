@@ -132,8 +132,8 @@ def _explain_bad_cu(cu: torch.Tensor, total: int, maxima: tuple[int, int], what:
         )
     longest = max(b - a for a, b in zip(values, values[1:]))
     return FormatKitValueError(
-        f"max_length_q/k = {maxima[0]}/{maxima[1]} is shorter than the longest sequence in {what} ({longest}); pass the values "
-        f"the collator made for this batch, or leave them out"
+        f"max_length_q/k = {maxima[0]}/{maxima[1]} is shorter than the longest sequence in {what} ({longest}); "
+        f"pass the values the collator made for this batch, or leave them out"
     )
 
 
