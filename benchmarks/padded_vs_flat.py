@@ -310,7 +310,8 @@ def kernel_check(seed: int = 0) -> list[dict[str, Any]]:
     """The varlen kernel against the exact per-sequence fallback, on random bf16 inputs."""
     import torch
 
-    from trl_formatkit import attention as A
+    from trl_formatkit.attention import kernels as K
+    from trl_formatkit.attention.segments import Segments
 
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -323,15 +324,15 @@ def kernel_check(seed: int = 0) -> list[dict[str, Any]]:
         lengths = torch.randint(1, 400, (9,), generator=gen, device="cuda").tolist()
         total = sum(lengths)
         cu = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32, device="cuda")
-        seg = A._Segments(cu, cu, max(lengths), max(lengths), None, None)
+        seg = Segments(cu, cu, max(lengths), max(lengths), None, None)
         q = torch.randn(total, heads, dim, device="cuda", generator=gen, dtype=torch.bfloat16, requires_grad=True)
         k = torch.randn(total, kv_heads, dim, device="cuda", generator=gen, dtype=torch.bfloat16, requires_grad=True)
         v = torch.randn(total, kv_heads, dim, device="cuda", generator=gen, dtype=torch.bfloat16, requires_grad=True)
         grad = torch.randn(total, heads, dim, device="cuda", generator=gen, dtype=torch.bfloat16)
-        out_k = A._run_kernel(A._kernel(), q, k, v, seg, scaling, True, window)
+        out_k = K.run_kernel(K.kernel(), q, k, v, seg, K.Spec(scaling, True, window))
         gk = torch.autograd.grad(out_k, (q, k, v), grad)
         q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-        out_r = A._run_per_sequence(q64, k64, v64, seg, scaling, True, window, 0.0)
+        out_r = K.run_per_sequence(q64, k64, v64, seg, K.Spec(scaling, True, window))
         gr = torch.autograd.grad(out_r, (q64, k64, v64), grad.double())
         assert torch.isfinite(out_k).all()
         rows.append(
@@ -475,7 +476,7 @@ def run_speed(
     }
     tokenizer = make_tokenizer()
     rows = []
-    from trl_formatkit import attention as formatkit_attention
+    from trl_formatkit.attention import forward as formatkit_attention
 
     for label in which:
         formatkit_attention._WARNED.clear()  # a fallback warning in any configuration shows in the log
@@ -586,7 +587,7 @@ def run_qlora(data: dict[str, Any], config, state, name: str, warmup: int, log) 
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     rows = []
-    from trl_formatkit import attention as formatkit_attention
+    from trl_formatkit.attention import forward as formatkit_attention
 
     formatkit_attention._WARNED.clear()
     for label, attn, batches in [

@@ -15,7 +15,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trl_formatkit import attention as A
+from trl_formatkit.attention import forward as F
+from trl_formatkit.attention import kernels as K
+from trl_formatkit.attention.segments import Segments
 from trl_formatkit.attention import (
     DEFAULT_NAME,
     register,
@@ -327,7 +329,7 @@ def test_mask_function():
 def test_no_dense_mask_is_built_for_flattened_batches(name, monkeypatch):
     """The model must hand the attention no 4-D mask (that is the memory padding-free saves)."""
     seen = []
-    original = A.varlen_attention_forward
+    original = F.varlen_attention_forward
 
     def spy(module, query, key, value, attention_mask, **kwargs):
         seen.append(attention_mask)
@@ -393,7 +395,7 @@ def test_inconsistent_cu_seq_lens_raise(cu, match):
 
 def test_short_max_length_raises():
     cu = torch.tensor([0, 2, 5], dtype=torch.int32)
-    with pytest.raises(FormatKitValueError, match=r"max_length_q/k = 2/2 is shorter .* \(3/3\)"):
+    with pytest.raises(FormatKitValueError, match=r"max_length_q/k = 2/2 is shorter .* \(3\)"):
         varlen_attention_forward(
             torch.nn.Module(), *_qkv(), None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=2, max_length_k=2
         )
@@ -432,11 +434,11 @@ def test_custom_4d_mask_goes_to_sdpa():
 
 
 def test_sliding_window_without_kernel_support_raises():
-    kernel = A._Kernel(lambda *a, **k: None, frozenset({"query", "key", "value", "is_causal"}))
+    kernel = K.Kernel(lambda *a, **k: None, frozenset({"query", "key", "value", "is_causal"}))
     q = torch.randn(10, 2, 4)
-    seg = A._Segments(torch.tensor([0, 10]), torch.tensor([0, 10]), 10, 10, None, None)
+    seg = Segments(torch.tensor([0, 10]), torch.tensor([0, 10]), 10, 10, None, None)
     with pytest.raises(FormatKitValueError, match=r"sliding window of 4 tokens .* Upgrade torch"):
-        A._run_kernel(kernel, q, q, q, seg, None, True, 4)
+        K.run_kernel(kernel, q, q, q, seg, K.Spec(None, True, 4))
 
 
 def test_kernel_arguments_adapt_to_the_torch_version():
@@ -447,15 +449,15 @@ def test_kernel_arguments_adapt_to_the_torch_version():
         calls.append((q, k, kw))
         return q
 
-    seg = A._Segments(torch.tensor([0, 3]), torch.tensor([0, 3]), 3, 3, None, None)
+    seg = Segments(torch.tensor([0, 3]), torch.tensor([0, 3]), 3, 3, None, None)
     q, k = torch.ones(3, 4, 2), torch.ones(3, 2, 2)
-    new = A._Kernel(fake, frozenset({"scale", "window_size", "enable_gqa"}))
-    A._run_kernel(new, q, k, k, seg, 0.5, True, None)
+    new = K.Kernel(fake, frozenset({"scale", "window_size", "enable_gqa"}))
+    K.run_kernel(new, q, k, k, seg, K.Spec(0.5, True, None))
     assert calls[-1][2] == {"enable_gqa": True, "scale": 0.5, "window_size": (-1, 0)}
-    A._run_kernel(new, q, k, k, seg, None, True, 8)
+    K.run_kernel(new, q, k, k, seg, K.Spec(None, True, 8))
     assert calls[-1][2]["window_size"] == (7, 0)
-    old = A._Kernel(fake, frozenset({"is_causal"}))
-    A._run_kernel(old, q, k, k, seg, 0.5, True, None)
+    old = K.Kernel(fake, frozenset({"is_causal"}))
+    K.run_kernel(old, q, k, k, seg, K.Spec(0.5, True, None))
     q_seen, k_seen, kw = calls[-1]
     assert kw == {"is_causal": True}
     assert k_seen.shape == (3, 4, 2)  # key/value heads repeated
@@ -579,9 +581,9 @@ def test_cuda_kernel_matches_reference_in_bf16(kv_heads, window):
     cu = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32, device="cuda")
     kw = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
     out, _ = varlen_attention_forward(torch.nn.Module(), q, k, v, None, sliding_window=window, **kw)
-    seg = A._Segments(cu, cu, max(lengths), max(lengths), None, None)
-    ref = A._run_per_sequence(
-        *(t.transpose(1, 2)[0].double() for t in (q, k, v)), seg, None, True, window, 0.0
+    seg = Segments(cu, cu, max(lengths), max(lengths), None, None)
+    ref = K.run_per_sequence(
+        *(t.transpose(1, 2)[0].double() for t in (q, k, v)), seg, K.Spec(None, True, window)
     )
     err = (out[0].double() - ref).norm() / ref.norm()
     assert err < 1e-2, err
@@ -589,9 +591,173 @@ def test_cuda_kernel_matches_reference_in_bf16(kv_heads, window):
 
 @cuda
 def test_cuda_float32_falls_back_with_a_warning():
-    A._WARNED.clear()
+    F._WARNED.clear()
     q = torch.randn(1, 2, 6, 8, device="cuda")
     cu = torch.tensor([0, 2, 6], dtype=torch.int32, device="cuda")
     with pytest.warns(FormatKitWarning, match="falls back"):
         out, _ = varlen_attention_forward(torch.nn.Module(), q, q, q, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     assert out.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 9 item 2: a 0 inside a row's attention_mask is not a sequence boundary
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+@pytest.mark.parametrize("positions", ["default", "arange", "from_mask"])
+def test_hole_in_attention_mask_attends_like_eager(family, positions, name):
+    """A padded row whose mask has a 0 in the middle: the tokens after the hole still see those before it."""
+    model = _tiny(family)
+    seqs = _sequences((9, 12, 6))
+    batch = _padded(seqs, side="right")
+    batch["attention_mask"][0, 3:5] = 0  # a hole in the first row, left and right neighbours real
+    batch["attention_mask"][1, 7] = 0  # a one-token hole in the second
+    batch["labels"][batch["attention_mask"] == 0] = -100
+    if positions == "arange":
+        batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None].expand(3, -1)
+    elif positions == "from_mask":  # what a collator computing positions over real tokens gives
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    real = batch["attention_mask"].bool()
+    _, logits_e, grads_e, _ = _forward_backward(model, "eager", batch)
+    _, logits_v, grads_v, _ = _forward_backward(model, name, batch)
+    torch.testing.assert_close(logits_v[real], logits_e[real], atol=ATOL, rtol=RTOL)
+    for key in grads_e:
+        torch.testing.assert_close(grads_v[key], grads_e[key], atol=ATOL, rtol=RTOL, msg=key)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 12: no device-to-host copy on the collator-metadata path
+# ----------------------------------------------------------------------------------------------------------------
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def host_reads_refused(monkeypatch):
+    """Register a spy of the attention that refuses every read of a tensor's value on the host while it runs."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    inside = []
+
+    def refuse(method):
+        original = getattr(torch.Tensor, method)
+
+        def guarded(self, *args, **kwargs):
+            if inside:
+                raise AssertionError(f"Tensor.{method}() inside the padding-free attention")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    def spy(*args, **kwargs):
+        inside.append(1)
+        try:
+            return varlen_attention_forward(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    for method in _HOST_READS:
+        monkeypatch.setattr(torch.Tensor, method, refuse(method))
+    AttentionInterface.register("formatkit_spy", spy)
+    AttentionMaskInterface.register("formatkit_spy", varlen_attention_mask)
+    return "formatkit_spy"
+
+
+def test_collator_metadata_path_reads_nothing_back_from_the_device(host_reads_refused):
+    model = _tiny("llama")
+    model.train()
+    batch = _flat(_sequences())  # cu_seq_lens as tensors, max_length as ints: what both collators give
+    loss, logits, _, _ = _forward_backward(model, host_reads_refused, batch)
+    _, expected, _, _ = _forward_backward(model, "sdpa", _padded(_sequences()))
+    torch.testing.assert_close(logits[0], _real_logits(expected, _padded(_sequences()), LENGTHS), atol=ATOL, rtol=RTOL)
+
+
+def test_the_host_read_guard_can_fail(host_reads_refused):
+    """max_length as a tensor must be read back: the guard of the test above sees it."""
+    batch = _flat(_sequences())
+    batch["max_length_q"] = batch["max_length_k"] = torch.tensor(max(LENGTHS))
+    with pytest.raises(AssertionError, match=r"Tensor\.__int__\(\) inside"):
+        _forward_backward(_tiny("llama"), host_reads_refused, batch)
+
+
+def test_collators_put_python_ints_in_max_length(load_tokenizer):
+    """The no-copy path needs max_length_q/k as ints: ours and trl's collators give ints."""
+    DataCollatorForLanguageModeling = pytest.importorskip("trl.trainer.sft_trainer").DataCollatorForLanguageModeling
+
+    from trl_formatkit import DataCollatorForCompletionOnlyLM
+
+    tok = load_tokenizer("phi-3-mini")
+    rows = [tok(f"<|user|>{t}<|end|><|assistant|>{t * 2}<|end|>")["input_ids"] for t in ("hi", "a question")]
+    ours = DataCollatorForCompletionOnlyLM("<|assistant|>", tokenizer=tok, padding_free=True)(rows)
+    theirs = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(
+        [{"input_ids": r} for r in rows]
+    )
+    for batch in (ours, theirs):
+        assert type(batch["max_length_q"]) is int and type(batch["max_length_k"]) is int, batch["max_length_q"]
+        assert isinstance(batch["cu_seq_lens_q"], torch.Tensor)
+
+
+@pytest.mark.parametrize("cu, match", [([0, 3, 4], "does not describe"), ([0, 5, 5], "max_length_q/k = 3/3")])
+def test_bad_metadata_is_still_caught_without_a_host_read(cu, match):
+    """The device-side assertion explains itself on the CPU (on a GPU it stops with a device-side assert)."""
+    cu = torch.tensor(cu, dtype=torch.int32)
+    with pytest.raises(FormatKitValueError, match=match):
+        varlen_attention_forward(
+            torch.nn.Module(), *_qkv(), None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=3, max_length_k=3
+        )
+
+
+def _cuda_flat(lengths, heads=8, kv_heads=2, dim=64):
+    n = sum(lengths)
+    q = torch.randn(1, heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, kv_heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, kv_heads, n, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cu = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32, device="cuda")
+    return (q, k, v), dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+
+
+def _sync_debug(mode: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a prototype feature" notice
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+@cuda
+def test_cuda_forward_and_backward_never_wait_for_the_gpu():
+    """issue 12: with the collator's metadata, no device-to-host synchronisation in forward or backward."""
+    (q, k, v), kw = _cuda_flat([37, 1, 200, 64])
+    varlen_attention_forward(torch.nn.Module(), q, k, v, None, **kw)[0].sum().backward()  # warm-up
+    torch.cuda.synchronize()
+    try:
+        _sync_debug("error")
+        for window in (None, 40):
+            out, _ = varlen_attention_forward(torch.nn.Module(), q, k, v, None, sliding_window=window, **kw)
+            out.float().square().sum().backward()
+    finally:
+        _sync_debug("default")
+    torch.cuda.synchronize()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@cuda
+def test_cuda_model_step_syncs_only_outside_this_package():
+    """A whole forward + backward of a bf16 model: any synchronisation left is transformers' own, never ours."""
+    import warnings
+
+    model = _tiny("llama").cuda().to(torch.bfloat16)
+    model.train()
+    model.set_attn_implementation(register())
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _flat(_sequences()).items()}
+    model(**batch).loss.backward()  # warm-up
+    torch.cuda.synchronize()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            model(**batch).loss.backward()
+    finally:
+        _sync_debug("default")
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    print("synchronisations outside trl_formatkit:", syncs)
+    assert not [s for s in syncs if "trl_formatkit" in s], syncs

@@ -1,0 +1,82 @@
+"""torch.compile with the padding-free attention (issue 12 item 2): no graph break in this package's code, a
+bounded number of recompilations as the tokens per step change, and trl's ``SFTConfig(torch_compile=True)``.
+
+The CPU runs the exact masked fallback, which traces like the kernel path (the kernel path itself is traced on the
+GPU by ``benchmarks/padded_vs_flat.py``). The ``eager`` backend keeps these tests fast: graph breaks and guards are
+decided by dynamo, whatever the backend.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from test_attention import LENGTHS, _flat, _sequences, _tiny
+from trl_formatkit.attention import register, varlen_kernel_available
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _package_frames(reason) -> list[str]:
+    return [f"{f.filename}:{f.lineno}" for f in reason.user_stack if "trl_formatkit" in f.filename]
+
+
+def test_no_graph_break_in_training_forward(fresh_dynamo):
+    model = _tiny("llama")
+    model.train()
+    model.set_attn_implementation(register())
+    explanation = torch._dynamo.explain(model)(**_flat(_sequences()))
+    assert explanation.graph_count >= 1
+    inside = [(r.reason, _package_frames(r)) for r in explanation.break_reasons if _package_frames(r)]
+    assert not inside, inside
+    assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]  # transformers 5.23
+
+
+def test_recompilations_stay_bounded_as_tokens_per_step_change(fresh_dynamo):
+    """The first new shape recompiles with dynamic sizes; later token counts, sequence counts and max lengths
+    reuse it."""
+    model = _tiny("llama")
+    model.train()
+    model.set_attn_implementation(register())
+    compiled = torch.compile(model, backend="eager")
+    rng = random.Random(0)
+    graphs = []
+    for _ in range(5):
+        lengths = [rng.randint(1, 40) for _ in range(rng.randint(2, 9))]
+        compiled(**_flat(_sequences(lengths))).loss.backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] <= 2, graphs
+    assert graphs[1:] == [graphs[1]] * 4, graphs
+
+
+def test_compiled_matches_eager(fresh_dynamo):
+    model = _tiny("qwen2")
+    model.set_attn_implementation(register())
+    batch = _flat(_sequences())
+    with torch.no_grad():
+        expected = model(**batch).logits
+        got = torch.compile(model, backend="eager")(**batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.shape[1] == sum(LENGTHS)
+
+
+@pytest.mark.skipif(not varlen_kernel_available(), reason="needs torch>=2.10 and an Ampere+ CUDA GPU")
+def test_cuda_kernel_path_has_no_graph_break(fresh_dynamo):
+    model = _tiny("llama").cuda().to(torch.bfloat16)
+    model.train()
+    model.set_attn_implementation(register())
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _flat(_sequences()).items()}
+    explanation = torch._dynamo.explain(model)(**batch)
+    inside = [(r.reason, _package_frames(r)) for r in explanation.break_reasons if _package_frames(r)]
+    print("graph breaks:", explanation.graph_break_count, [r.reason for r in explanation.break_reasons])
+    assert not inside, inside
