@@ -287,7 +287,7 @@ def _nothing_trained_message(
     dataset: Any, tokenizer: Any, plan: LabelPlan, i: int, name: str, total: int, n_empty: int, counts: str,
     *, truncated: bool, max_length: int | None,
 ) -> str:
-    from .inspect import trained_tokens
+    from .views import trained_tokens
 
     row = dataset[i]
     shown = str(trained_tokens({"input_ids": [row["input_ids"]], "labels": [row["labels"]]}, tokenizer))
