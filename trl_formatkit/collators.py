@@ -36,6 +36,7 @@ from .masking import (
     labels_from_mask,
     pad_flat,
     position_ids_from_lengths,
+    real_token_mask,
     seq_idx_from_lengths,
     suspicious_responses,
     template_variants,
@@ -302,16 +303,18 @@ class DataCollatorForCompletionOnlyLM:
         width = int(row_lengths.max())
         width = -(-width // multiple) * multiple if multiple else width
         needs_pad = width * row_lengths.shape[0] != flat.shape[0]
-        columns = [flat, labels, np.ones_like(flat)]  # the last one becomes the attention mask
-        pads = [self._pad_id() if needs_pad else 0, self.ignore_index, 0]
+        columns = [flat, labels]
+        pads = [self._pad_id() if needs_pad else 0, self.ignore_index]
         packed = seq_lengths.shape[0] != row_lengths.shape[0]
         if packed:  # packed rows: positions restart with every packed sequence
             columns.append(position_ids_from_lengths(seq_lengths))
             pads.append(0)
         padded = pad_flat(columns, row_lengths, pads, padding_side=side, pad_to_multiple_of=multiple)
-        out = {"input_ids": padded[0], "attention_mask": padded[2], "labels": padded[1]}
+        # the attention mask is the real-token mask itself: built by one comparison, not scattered like the ids
+        attention_mask = real_token_mask(row_lengths, width, side).astype(flat.dtype)
+        out = {"input_ids": padded[0], "attention_mask": attention_mask, "labels": padded[1]}
         if packed:
-            out["position_ids"] = padded[3]
+            out["position_ids"] = padded[2]
         return out
 
     # -- reporting -----------------------------------------------------------------------------------------
