@@ -14,19 +14,37 @@ from helpers import run_python_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Modules a collator user imports; they must not pull in a trainer stack (trl) or datasets.
-LIGHT_MODULES = ("trl_formatkit", "trl_formatkit.collators", "trl_formatkit.masking")
+# Modules a collator, attention or data user imports; they must not pull in a trainer stack (trl) or datasets.
+LIGHT_MODULES = (
+    "trl_formatkit",
+    "trl_formatkit.errors",
+    "trl_formatkit.masking",
+    "trl_formatkit.templates",
+    "trl_formatkit.rows",
+    "trl_formatkit.collators",
+    "trl_formatkit.structure",
+    "trl_formatkit.packing",
+    "trl_formatkit.special_tokens",
+    "trl_formatkit.attention",
+    "trl_formatkit.plugins",
+    "trl_formatkit.distributed",
+)
 HEAVY = ("trl", "datasets")
 
 
-@pytest.mark.parametrize("module", LIGHT_MODULES)
-def test_light_module_does_not_import_trl_or_datasets(module):
+def test_light_modules_do_not_import_trl_or_datasets():
+    """One fresh interpreter imports the light modules one by one and records what each pulled in."""
     out = run_python_json(
         "import importlib, json, sys\n"
-        f"importlib.import_module({module!r})\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n"
+        "loaded = {}\n"
+        f"for module in {LIGHT_MODULES!r}:\n"
+        "    importlib.import_module(module)\n"
+        f"    loaded[module] = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print(json.dumps(loaded))\n"
     )
-    assert out == [], f"`import {module}` loaded {out}; import these inside the functions that need them"
+    culprits = {module: heavy for module, heavy in out.items() if heavy}
+    assert list(out) == list(LIGHT_MODULES)
+    assert not culprits, f"{culprits}: import these inside the functions that need them"
 
 
 def test_building_and_calling_the_collator_stays_light():
