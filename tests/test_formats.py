@@ -292,7 +292,7 @@ def test_chatml_keeps_messages_and_maps_sharegpt_style_turns():
     ]
     tool_call = {"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]}
     assert chatml_to_messages({"messages": [tool_call]}) == [tool_call]
-    with pytest.raises(FormatKitTypeError, match="must hold a list of messages"):
+    with pytest.raises(FormatKitTypeError, match="column .*: a conversation must be a list of messages"):
         chatml_to_messages({"messages": "hello"})
     with pytest.raises(FormatKitTypeError, match="message 1: expected a dict"):
         chatml_to_messages({"messages": [BOOK_MESSAGES[0], "oops"]})

@@ -115,22 +115,38 @@ def _check_tokenizer(tokenizer: Any) -> None:
         )
 
 
-def _check_messages(messages: Any, row: int) -> list[dict[str, Any]]:
-    """A checked copy of the conversation (each content a string or ``None``, rendered as the template does)."""
+def message_dicts(messages: Any, where: str) -> Sequence[Mapping[str, Any]]:
+    """``messages`` checked to be a list of dicts; ``where`` ("row 3", "column 'conversations'") starts each error.
+
+    Example:
+        >>> message_dicts([{"role": "user", "content": "Hi"}], "row 0")
+        [{'role': 'user', 'content': 'Hi'}]
+        >>> message_dicts("Hi", "row 0")
+        Traceback (most recent call last):
+        ...
+        trl_formatkit.errors.FormatKitTypeError: row 0: a conversation must be a list of messages ({'role': ..., 'content': ...}), got str: 'Hi'
+    """
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise FormatKitTypeError(
-            f"row {row}: a conversation must be a list of messages ({{'role': ..., 'content': ...}}), got "
+            f"{where}: a conversation must be a list of messages ({{'role': ..., 'content': ...}}), got "
             f"{type(messages).__name__}: {preview(messages)}"
         )
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise FormatKitTypeError(
+                f"{where}, message {i}: expected a dict with 'role' and 'content', got "
+                f"{type(message).__name__}: {preview(message)}"
+            )
+    return messages
+
+
+def _check_messages(messages: Any, row: int) -> list[dict[str, Any]]:
+    """A checked copy of the conversation (each content a string or ``None``, rendered as the template does)."""
+    message_dicts(messages, f"row {row}")
     if not messages:
         raise FormatKitValueError(f"row {row}: the conversation is empty; drop the row or give it messages")
     out = []
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise FormatKitTypeError(
-                f"row {row}, message {i}: a message must be a dict with 'role' and 'content', got "
-                f"{type(message).__name__}: {preview(message)}"
-            )
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
             raise FormatKitValueError(

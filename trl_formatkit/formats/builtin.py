@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import FormatKitTypeError, FormatKitValueError, preview
 from ..hookspecs import hookimpl
+from ..structure import message_dicts
 from .core import Format
 
 __all__ = [
@@ -64,18 +65,8 @@ SHAREGPT_ROLES: Mapping[str, str] = {
 
 def _turns_to_messages(turns: Any, column: str, roles: Mapping[str, str] = SHAREGPT_ROLES) -> list[dict]:
     """Turns as ``{"role", "content"}`` (kept as they are) or ShareGPT ``{"from", "value"}`` (mapped) -> messages."""
-    if isinstance(turns, (str, bytes)) or not isinstance(turns, (list, tuple)):
-        raise FormatKitTypeError(
-            f"column {column!r} must hold a list of messages ({{'role': ..., 'content': ...}}), got "
-            f"{type(turns).__name__}: {preview(turns)}"
-        )
     messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, Mapping):
-            raise FormatKitTypeError(
-                f"column {column!r}, message {i}: expected a dict with 'role' and 'content', got "
-                f"{type(turn).__name__}: {preview(turn)}"
-            )
+    for i, turn in enumerate(message_dicts(turns, f"column {column!r}")):
         if turn.get("role") is not None:
             messages.append(dict(turn))
         elif turn.get("from") is not None:
