@@ -30,8 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402  (the shared results writer beside this file)
 SECTION_START = "## packing (CPU)"
-SECTION_END = "<!-- end packing -->"
+SECTION_END = _results.section_end("packing")
 WORDS = ("the a of to and in is it you that was for on are with as I his they be at one have this from or had by "
          "Yoda Force Jedi planks canoe background sheet glue smooth birch 42 3.14 don't").split()
 
@@ -119,17 +121,6 @@ def render(args, docs: list[str], results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def update_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_START)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.index(SECTION_END, start) + len(SECTION_END)
-        text = text[:start] + section.rstrip("\n") + text[end:]
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20000)
@@ -152,7 +143,7 @@ def main() -> None:
     section = render(args, docs, results)
     print(section)
     if args.update_results:
-        update_results(args.update_results, section)
+        _results.update_results(args.update_results, "packing", section)
 
 
 if __name__ == "__main__":

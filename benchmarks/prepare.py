@@ -34,9 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402  (the shared results writer beside this file)
 
 SECTION_START = "## prepare (CPU)"
-SECTION_END = "<!-- end prepare -->"
+SECTION_END = _results.section_end("prepare")
 IGNORE = -100
 TRL = "trl 1.x `_prepare_dataset`, assistant_only_loss"
 OURS = "trl_formatkit `encode_conversations`, batched map"
@@ -199,19 +200,6 @@ def render(rows: int, results, note: str, stats: dict, load: tuple[str, str]) ->
     return "\n".join(lines) + "\n"
 
 
-def update_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_START)
-    if start >= 0:
-        end = text.find(SECTION_END, start)
-        if end < 0:
-            raise SystemExit(f"{path}: found {SECTION_START!r} but not {SECTION_END!r}; fix it by hand")
-        text = text[:start] + section.rstrip("\n") + text[end + len(SECTION_END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def load_average() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -227,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(args.rows, results, note, stats, (before, load_average()))
     print(section)
     if args.update_results:
-        update_results(args.update_results, section)
+        _results.update_results(args.update_results, "prepare", section)
 
 
 if __name__ == "__main__":
