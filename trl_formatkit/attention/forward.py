@@ -80,8 +80,11 @@ def _on_kernel(q, k, v, seg: Segments, run_dtype: torch.dtype, spec: kernels.Spe
         raise FormatKitValueError(f"the varlen kernel needs value head dim <= query head dim, got {v_dim} > {head_dim}")
     if v_dim < head_dim:  # flash kernels need equal head dims: pad value, crop the output
         v = torch.nn.functional.pad(v, (0, head_dim - v_dim))
-    out = kernels.run_kernel(kernels.kernel(), *(t.to(run_dtype) for t in (q, k, v)), seg, spec)
-    return out[..., :v_dim].to(q.dtype)
+    if q.dtype != run_dtype or k.dtype != run_dtype or v.dtype != run_dtype:
+        out = kernels.run_kernel(kernels.kernel(), q.to(run_dtype), k.to(run_dtype), v.to(run_dtype), seg, spec)
+        return out[..., :v_dim].to(q.dtype)
+    out = kernels.run_kernel(kernels.kernel(), q, k, v, seg, spec)
+    return out if v_dim == head_dim else out[..., :v_dim]
 
 
 def varlen_attention_forward(

@@ -151,11 +151,16 @@ def repeat_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     return k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
 
 
+def _window(spec: Spec) -> tuple[int, int]:
+    """Flash attention's (left, right) window: -1 is unbounded, (-1, 0) causal."""
+    left = -1 if spec.window is None else spec.window - 1
+    return (left, 0) if spec.causal else (left, left)
+
+
 def _window_kwargs(krn: Kernel, seg: Segments, spec: Spec) -> dict[str, Any]:
     window = spec.window
     if "window_size" in krn.params:
-        left = -1 if window is None else window - 1
-        return {"window_size": (left, 0) if spec.causal else (left, -1 if window is None else window - 1)}
+        return {"window_size": _window(spec)}
     if window is not None:
         raise FormatKitValueError(
             f"this torch {torch.__version__} has varlen_attn without window_size, so the sliding window of "
@@ -172,8 +177,63 @@ def _window_kwargs(krn: Kernel, seg: Segments, spec: Spec) -> dict[str, Any]:
     return {}
 
 
+class _FlashVarlen(torch.autograd.Function):
+    """The flash kernels ``varlen_attn`` runs, called straight through ``torch.ops.aten`` in eager mode.
+
+    ``varlen_attn`` reaches the same two kernels through two Python custom ops (forward and backward), whose
+    dispatch costs host time in every layer of every step; a step of a small model is host-bound, so that time is
+    the user's. Same kernels, same arguments, so the results are bitwise those of ``varlen_attn``. Under
+    ``torch.compile`` the custom op runs instead (the traced path).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, left, right):  # noqa: D102
+        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False,
+            scale=scale, window_size_left=left, window_size_right=right,
+        )
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, rng, unused)
+        ctx.args = (max_q, max_k, causal, scale, left, right)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        q, k, v, out, lse, cu_q, cu_k, rng, unused = ctx.saved_tensors
+        max_q, max_k, causal, scale, left, right = ctx.args
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad_out.contiguous(), q, k, v, out, lse, cu_q, cu_k, max_q, max_k, 0.0, causal, rng, unused,
+            scale=scale, window_size_left=left, window_size_right=right,
+        )
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+# Off only to compare against the custom op (benchmarks/host_time.py).
+EAGER_DIRECT = True
+_ATEN_FLASH: dict[str, bool] = {}
+
+
+def _aten_flash_takes_windows() -> bool:
+    """Whether this torch's ``aten._flash_attention_forward`` takes the window arguments (looked up once)."""
+    if "ok" not in _ATEN_FLASH:
+        try:
+            schema = str(torch.ops.aten._flash_attention_forward.default._schema)
+        except (AttributeError, RuntimeError):
+            schema = ""
+        _ATEN_FLASH["ok"] = "window_size_left" in schema and "window_size_right" in schema
+    return _ATEN_FLASH["ok"]
+
+
+def _direct(q: torch.Tensor) -> bool:
+    return EAGER_DIRECT and q.is_cuda and not torch.compiler.is_compiling() and _aten_flash_takes_windows()
+
+
 def run_kernel(krn: Kernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, spec: Spec):
     """``varlen_attn`` on (tokens, heads, dim) tensors, adapting to what this torch's version takes."""
+    if _direct(q):
+        left, right = _window(spec)
+        return _FlashVarlen.apply(
+            q, k, v, seg.cu_q, seg.cu_k, seg.max_q, seg.max_k, (left, right) == (-1, 0), spec.scaling, left, right
+        )
     kw: dict[str, Any] = {}
     if q.shape[1] != k.shape[1] and "enable_gqa" in krn.params:
         kw["enable_gqa"] = True

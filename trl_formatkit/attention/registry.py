@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -47,12 +49,70 @@ def _check_name(name: Any) -> None:
         )
 
 
+# Names this package's attention is registered under (the models whose masks need no packed-sequence detection).
+_REGISTERED: set[str] = set()
+_NEEDED = ("config", "attention_mask", "past_key_values", "position_ids")
+
+
+def _without_packed_detection(original: Callable) -> Callable | None:
+    """``original`` (transformers' ``_preprocess_mask_arguments``), but for models on this attention it does not look
+    for packed sequences in ``position_ids``.
+
+    transformers checks ``(packed_sequence_mask[:, -1] == 0).all()`` in a Python ``if`` on every forward pass of a
+    flattened batch: a device-to-host synchronisation that drains the GPU's queue before each step, so the host's
+    work never overlaps the GPU's. What it finds only shapes the mask function handed to
+    :func:`varlen_attention_mask`, which ignores it (the attention finds the sequences itself), so for this
+    attention the check is skipped: same results, no wait. None where the signature is not the expected one.
+    """
+    try:
+        names = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        return None
+    if not all(n in names for n in _NEEDED):
+        return None
+    at = {n: names.index(n) for n in _NEEDED}
+
+    @functools.wraps(original)
+    def preprocess(*args: Any, **kwargs: Any):
+        def arg(n: str) -> Any:
+            return args[at[n]] if len(args) > at[n] else kwargs.get(n)
+
+        if (
+            getattr(arg("config"), "_attn_implementation", None) in _REGISTERED
+            and arg("attention_mask") is None
+            and arg("past_key_values") is None
+            and arg("position_ids") is not None
+        ):
+            if len(args) > at["position_ids"]:
+                args = (*args[: at["position_ids"]], None, *args[at["position_ids"] + 1 :])
+            else:
+                kwargs["position_ids"] = None
+        return original(*args, **kwargs)
+
+    preprocess.__formatkit_original__ = original  # type: ignore[attr-defined]
+    return preprocess
+
+
+def _skip_packed_detection() -> None:
+    """Install :func:`_without_packed_detection` in ``transformers.masking_utils`` once."""
+    from transformers import masking_utils
+
+    original = getattr(masking_utils, "_preprocess_mask_arguments", None)
+    if original is None or hasattr(original, "__formatkit_original__"):
+        return
+    wrapped = _without_packed_detection(original)
+    if wrapped is not None:
+        masking_utils._preprocess_mask_arguments = wrapped
+
+
 def register(name: str = DEFAULT_NAME, *, replace: bool = False) -> str:
     """Register the padding-free attention in transformers under ``name`` and return ``name``.
 
     Adds :func:`varlen_attention_forward` to ``transformers.AttentionInterface`` and :func:`varlen_attention_mask`
     to ``transformers.masking_utils.AttentionMaskInterface`` (so that no dense 4-D mask is built for flattened
-    batches, as with ``flash_attention_2``). Calling it again with the same name does nothing more.
+    batches, as with ``flash_attention_2``). For models on this attention, transformers' search for packed
+    sequences in ``position_ids`` is skipped: it costs a device-to-host synchronisation on every forward pass and
+    only shapes a mask this attention does not use. Calling it again with the same name does nothing more.
 
     Args:
         name: The attention implementation name to use with ``attn_implementation=name``.
@@ -93,6 +153,8 @@ def register(name: str = DEFAULT_NAME, *, replace: bool = False) -> str:
         )
     AttentionInterface.register(name, varlen_attention_forward)
     AttentionMaskInterface.register(name, varlen_attention_mask)
+    _REGISTERED.add(name)
+    _skip_packed_detection()
     kernels.varlen_kernel_available()  # looked up now, outside any torch.compile trace
     return name
 
