@@ -59,6 +59,20 @@ def test_recompilations_stay_bounded_as_tokens_per_step_change(fresh_dynamo):
     assert graphs[1:] == [graphs[1]] * 4, graphs
 
 
+def test_dynamic_compilation_compiles_once_for_every_token_count(fresh_dynamo):
+    """``torch.compile(model, dynamic=True)``: one graph from the first step on (nothing in this package's code
+    specialises on the token count, the sequence count or the max lengths)."""
+    model = _tiny("llama")
+    model.train()
+    model.set_attn_implementation(register())
+    compiled = torch.compile(model, backend="eager", dynamic=True)
+    rng = random.Random(1)
+    for _ in range(4):
+        lengths = [rng.randint(2, 40) for _ in range(rng.randint(2, 9))]
+        compiled(**_flat(_sequences(lengths))).loss.backward()
+    assert counters["stats"]["unique_graphs"] == 1, counters["stats"]
+
+
 def test_compiled_matches_eager(fresh_dynamo):
     model = _tiny("qwen2")
     model.set_attn_implementation(register())
