@@ -12,7 +12,8 @@ DataLoader pins them.
 
 Cases (``--case``): ``0.48b`` (full fine-tuning, 16 conversations a step), ``1.5b`` (full fine-tuning, gradient
 checkpointing, 16 a step), ``8b-lora`` (Llama-3-8B shapes, LoRA r=16 on q/k/v/o with peft, gradient
-checkpointing, 8 a step), ``tiny`` (a smoke test that also runs on the CPU). ``--compiled`` compiles the model with
+checkpointing, 8 a step), ``8b-qlora`` (the same with the frozen weights in bitsandbytes NF4, as the chapter's
+QLoRA), ``tiny`` and ``tiny-qlora`` (smoke tests that also run on the CPU). ``--compiled`` compiles the model with
 ``torch.compile`` (default options); compiled padded batches are padded to a fixed width (``--padded-width``, one
 shape: one compilation) since every new padded width otherwise compiles again. ``--conversations`` overrides the
 conversations per step (the equal-memory runs). Each finished configuration is appended to ``<out>/scale.jsonl`` at
@@ -57,6 +58,10 @@ CASES: dict[str, dict[str, Any]] = {
                  lora=False, checkpointing=True),
     "8b-lora": dict(hidden=4096, layers=32, heads=32, kv_heads=8, inter=14336, vocab=128256, conversations=8,
                     lora=True, checkpointing=True),
+    "8b-qlora": dict(hidden=4096, layers=32, heads=32, kv_heads=8, inter=14336, vocab=128256, conversations=8,
+                     lora=True, checkpointing=True, qlora=True),
+    "tiny-qlora": dict(hidden=128, layers=2, heads=4, kv_heads=2, inter=256, vocab=VOCAB, conversations=8, lora=True,
+                       checkpointing=True, qlora=True),
 }
 CATEGORIES = (
     ("attention", ("flash", "fmha", "attn", "cudnn", "sdpa", "softmax")),
@@ -64,6 +69,26 @@ CATEGORIES = (
     ("optimizer", ("adam", "multi_tensor", "foreach")),
     ("copies", ("memcpy", "memset", "copy")),
 )
+
+
+def _quantized(config, attn: str, device: str):
+    """The random-weight model in bitsandbytes NF4 (double quantization, bf16 compute), as the chapter's QLoRA:
+    saved once in bf16 to a temporary folder, loaded back quantized (transformers quantizes while loading)."""
+    import tempfile
+
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    folder = Path(tempfile.gettempdir()) / f"formatkit-scale-{config.hidden_size}x{config.num_hidden_layers}"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    model = LlamaForCausalLM.from_pretrained(folder, device_map=device, dtype=torch.bfloat16, quantization_config=nf4,
+                                             attn_implementation=attn)
+    return prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_model(case: dict[str, Any], attn: str, device: str):
@@ -76,11 +101,14 @@ def build_model(case: dict[str, Any], attn: str, device: str):
         max_position_embeddings=4096, pad_token_id=PAD, bos_token_id=USER, eos_token_id=EOS,
         tie_word_embeddings=False, use_cache=False,
     )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
-    model.set_attn_implementation(attn)
-    if case["checkpointing"]:
+    if case.get("qlora"):
+        model = _quantized(config, attn, device)
+    else:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+        model.set_attn_implementation(attn)
+    if case["checkpointing"] and not case.get("qlora"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if case["lora"]:
         from peft import LoraConfig, get_peft_model
@@ -247,6 +275,56 @@ def run_one(args, case_name: str, layout: str, data, tokenizer, log) -> dict[str
     return row
 
 
+LAYOUT_NAMES = {"padded": "padded + sdpa", "flat": "flattened + formatkit varlen", "limit": "limit (dense, equal length)"}
+
+
+def runs_in(jsonl: Path) -> dict[str, list[dict[str, Any]]]:
+    """The measured rows of ``scale.jsonl`` grouped under the ``{"run": ...}`` line before them."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    current = "unlabelled"
+    for line in jsonl.read_text().splitlines():
+        row = json.loads(line)
+        if "run" in row:
+            current = row["run"]
+        elif "layout" in row and "oom" not in row:
+            runs.setdefault(current, []).append(row)
+    return runs
+
+
+def plot(jsonl: Path, eager_run: str, compiled_run: str, png: Path) -> None:
+    """Sustained tokens/s on shapes seen and peak memory per model and layout, from two runs of ``jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = runs_in(jsonl)
+    pick = {name: rows for name, rows in runs.items() if name.startswith((eager_run, compiled_run))}
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for rows in pick.values():
+        for r in rows:
+            label = {"0.48b": "0.48B full", "1.5b": "1.5B full", "8b-lora": "8B LoRA", "8b-qlora": "8B QLoRA"}.get(
+                r["case"], r["case"]) + (" compiled" if r["compiled"] else "")
+            groups.setdefault(label, {})[r["layout"]] = r
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.27
+    for ax, key, title in ((axes[0], "sustained_seen_tokens_per_s", "sustained tokens/s, shapes seen (log)"),
+                           (axes[1], "peak_gb", "peak GPU memory, GB")):
+        for i, layout in enumerate(LAYOUT_NAMES):
+            xs = [g + (i - 1) * width for g, rows in enumerate(groups.values()) if layout in rows]
+            ys = [rows[layout].get(key, 0.0) for rows in groups.values() if layout in rows]
+            bars = ax.bar(xs, ys, width, label=LAYOUT_NAMES[layout])
+            ax.bar_label(bars, fmt="{:,.0f}" if key != "peak_gb" else "{:.1f}", fontsize=7)
+        ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+        ax.set_title(title)
+        if key != "peak_gb":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("padded vs flattened batches on one H100 (benchmarks/scale.py; compiled padded: one width, 2048)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=sorted(CASES), default="0.48b")
@@ -259,7 +337,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, default=3, help="profiled steps (eager runs)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--plot", type=Path, default=None, metavar="JSONL",
+                        help="only draw <out>/scale.png from the runs of JSONL named by --plot-runs")
+    parser.add_argument("--plot-runs", default="run B,run C", help="eager run, compiled run (label prefixes)")
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(args.plot, *args.plot_runs.split(","), args.out / "scale.png")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     sink = open(args.out / "scale.jsonl", "a")  # noqa: SIM115
 
