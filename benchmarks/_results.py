@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import platform
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["versions", "update_results", "section_end"]
+__all__ = ["versions", "update_results", "section_end", "tee"]
 
 
 def versions(*modules: str) -> dict[str, str]:
@@ -46,3 +47,15 @@ def update_results(path: Path, section: str, text: str) -> None:
     else:
         content = content.rstrip("\n") + "\n\n" + text
     path.write_text(content if content.endswith("\n") else content + "\n")
+
+
+def tee(path: Path, mode: str = "w") -> Callable[[str], None]:
+    """A ``log(line)`` that prints each line and writes it to ``path`` at once (a run cut short keeps its lines)."""
+    sink = open(path, mode)  # noqa: SIM115  (open for the run's lifetime)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        sink.write(line + "\n")
+        sink.flush()
+
+    return log

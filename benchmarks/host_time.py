@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from padded_vs_flat import ASSISTANT, build_batches, make_tokenizer, model_inputs  # noqa: E402
-from scale import CASES, build_model, versions  # noqa: E402
+from scale import CASES, _step, _sync, build_model, versions  # noqa: E402
 
 CONFIGS = ("limit", "limit-var", "flat-const", "flat", "flat-sync", "flat-op", "flat-bucket")
 
@@ -87,23 +87,6 @@ def config_batches(name: str, data: dict[str, Any], tokenizer, bucket: int) -> l
     else:
         batches = data["flat"]
     return _pinned([model_inputs(b) for b in batches])
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _step(model, batch, optimizer, device):
-    import torch
-
-    inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    loss = model(**inputs).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def _top_ops(model, batches, optimizer, device, top: int) -> list[dict[str, Any]]:

@@ -48,6 +48,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import tee  # noqa: E402
 
 SECTION_START = "## padded_vs_flat (GPU)"
 SECTION_END = "<!-- end padded_vs_flat -->"
@@ -928,12 +930,7 @@ def main(argv: list[str] | None = None) -> None:
     from trl_formatkit.attention import register, varlen_kernel_available
 
     args.out.mkdir(parents=True, exist_ok=True)
-    logf = open(args.out / "log.txt", "w")  # noqa: SIM115
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        logf.write(msg + "\n")
-        logf.flush()
+    log = tee(args.out / "log.txt")
 
     name = register()
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 4)

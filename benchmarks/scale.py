@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import tee  # noqa: E402
 from padded_vs_flat import (  # noqa: E402
     ASSISTANT,
     EOS,
@@ -346,12 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         plot(args.plot, *args.plot_runs.split(","), args.out / "scale.png")
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    sink = open(args.out / "scale.jsonl", "a")  # noqa: SIM115
-
-    def log(line: str) -> None:
-        print(line, flush=True)
-        sink.write(line + "\n")
-        sink.flush()
+    log = tee(args.out / "scale.jsonl", "a")
 
     import torch
 

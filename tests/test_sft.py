@@ -398,3 +398,32 @@ def test_text_rows_without_template_use_the_chat_templates_markers(phi, tmp_path
         messages = chats_by_ids[tuple(row["input_ids"])]
         assert [phi.decode(run) for run in _runs(np.asarray(row["labels"]))] == _answers_with_end(messages)
     assert all(r["labels"][1:] == r["input_ids"][1:] for r in unmarked.train_dataset)  # trl's language modelling
+
+
+@pytest.mark.parametrize("give_tokenizer", [True, False])
+def test_a_model_given_by_name_is_resized_for_the_fixed_tokenizer(load_tokenizer, tmp_path, caplog, give_tokenizer):
+    """GPT-2 has no PAD: the fix adds <pad> as id 50257, one past the model's 50257 rows. A model given by name was
+    loaded by trl after the fix and never resized (an IndexError at the first padded batch); without a tokenizer
+    the audit did not run at all."""
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer("gpt2")
+    assert tok.pad_token is None and len(tok) == 50257
+    folder = tmp_path / "tiny-gpt2-vocab"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    rows = [{"text": f"### Question: what is {i} plus {i}?\n### Answer: {2 * i} ({'many ' * (i % 5)}words)"}
+            for i in range(8)]
+    with caplog.at_level(logging.WARNING, logger="trl_formatkit"):
+        trainer = _trainer(tok if give_tokenizer else None, Dataset.from_list(rows), tmp_path, model=str(folder),
+                           response_template="### Answer:")
+    fixed = trainer.processing_class
+    assert fixed.pad_token == "<pad>" and fixed.pad_token_id == 50257
+    assert trainer.model.get_input_embeddings().weight.shape[0] >= len(fixed)
+    assert "resized the embeddings from 50257" in caplog.text
+    trainer.train()
+    assert np.isfinite(_losses(trainer)).all()

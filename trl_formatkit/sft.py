@@ -119,6 +119,8 @@ class SFTTrainer(trl.SFTTrainer):
         if isinstance(data_collator, DataCollatorForCompletionOnlyLM):
             self._adopt_collator(data_collator)
             data_collator = None  # trl refuses a custom collator with padding-free; trl's carries our labels
+        if isinstance(model, str) and fix_tokenizer:  # loaded here so that the fix can resize its embeddings
+            model, processing_class = self._load_by_name(model, args, processing_class, kwargs)
         if processing_class is not None and fix_tokenizer:
             self._audit(processing_class, model, kwargs.get("peft_config"))
         num_proc = getattr(args, "dataset_num_proc", None)
@@ -154,6 +156,38 @@ class SFTTrainer(trl.SFTTrainer):
             collator.on_missing,
         )
 
+    @staticmethod
+    def _load_by_name(name: str, args: Any, processing_class: Any, kwargs: dict) -> tuple[Any, Any]:
+        """The model (and tokenizer) trl would load from ``name``: same function, same arguments, same order.
+
+        trl loads a model given by name after the tokenizer fix, too late to resize its embeddings for new tokens
+        (``<pad>`` of GPT-2: an ``IndexError`` at the first padded batch), and without ``processing_class`` the
+        audit had nothing to check. ``quantization_config`` and ``args.model_init_kwargs`` are used here, as trl
+        uses them, and not passed on.
+        """
+        from transformers import AutoProcessor
+        from trl.trainer.utils import create_model_from_path
+
+        init = dict(args.model_init_kwargs or {})
+        quantization = kwargs.pop("quantization_config", None)
+        if quantization is not None:
+            if "quantization_config" in init:
+                raise FormatKitValueError(
+                    "quantization_config is given both to the trainer and in args.model_init_kwargs; give it in one "
+                    "place (the trainer argument)"
+                )
+            init["quantization_config"] = quantization
+        if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+            init["device_map"] = None  # as trl: "auto" fails in distributed training
+        init.setdefault("trust_remote_code", args.trust_remote_code)
+        model = create_model_from_path(name, **init)
+        args.model_init_kwargs = None  # used: trl would warn that they are ignored
+        if processing_class is None:
+            processing_class = AutoProcessor.from_pretrained(
+                name, revision=init.get("revision"), trust_remote_code=args.trust_remote_code
+            )
+        return model, processing_class
+
     def _audit(self, tokenizer: Any, model: Any, peft_config: Any) -> None:
         from .special_tokens import audit_tokenizer, fix_special_tokens
 
@@ -168,8 +202,6 @@ class SFTTrainer(trl.SFTTrainer):
                 ", ".join(sorted(codes & _FIXABLE)),
                 ", ".join(f"{a} {before[a]!r} -> {after[a]!r}" for a in before if before[a] != after[a]),
             )
-        if isinstance(model, str):
-            return
         self._resize(tokenizer, model, peft_config)
 
     @staticmethod
