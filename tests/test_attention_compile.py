@@ -8,6 +8,7 @@ decided by dynamo, whatever the backend.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -94,3 +95,37 @@ def test_cuda_kernel_path_has_no_graph_break(fresh_dynamo):
     inside = [(r.reason, _package_frames(r)) for r in explanation.break_reasons if _package_frames(r)]
     print("graph breaks:", explanation.graph_break_count, [r.reason for r in explanation.break_reasons])
     assert not inside, inside
+
+
+# dynamo reads .grad of a non-leaf tensor while it traces trl's chunked_logprob: torch's warning, not ours
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_sft_trainer_compiles_flattened_batches_once(load_tokenizer, tmp_path, fresh_dynamo):
+    """``SFTConfig(torch_compile=True)`` with padding-free batches on this attention trains without recompiling as
+    the token count changes: the trainer asks for dynamic sizes from the first step (torch's default compiles
+    everything again at the second step: 3 graphs, then 6)."""
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from test_sft_integration import _chats, _sft_config, _tiny_llama
+
+    from transformers import TrainerCallback
+
+    from trl_formatkit import SFTTrainer
+
+    tok = load_tokenizer("phi-3-mini")
+    tok.pad_token = tok.unk_token
+    model = _tiny_llama(tok)
+    model.set_attn_implementation(register())
+    args = _sft_config(tmp_path, padding_free=True, max_length=None, torch_compile=True, torch_compile_backend="eager")
+    args.max_steps, args.per_device_train_batch_size = 3, 4
+    trainer = SFTTrainer(model=model, args=args, processing_class=tok,
+                         train_dataset=datasets.Dataset.from_list([{"messages": c} for c in _chats(12, seed=3)]))
+    assert trainer.accelerator.state.dynamo_plugin.dynamic is True
+    graphs = []
+    trainer.add_callback(type("Graphs", (TrainerCallback,), {
+        "on_step_end": lambda self, *a, **k: graphs.append(counters["stats"]["unique_graphs"])})())
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    tokens = {len(r) for r in trainer.train_dataset["input_ids"]}
+    assert len(tokens) > 3  # every step holds another number of tokens
+    assert graphs[0] >= 1 and graphs == [graphs[0]] * 3, graphs  # (trl's loss code breaks the graph: several)
