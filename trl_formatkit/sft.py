@@ -166,8 +166,11 @@ class SFTTrainer(trl.SFTTrainer):
         uses them, and not passed on.
         """
         from transformers import AutoProcessor
-        from trl.trainer.utils import create_model_from_path
 
+        try:
+            from trl.trainer.utils import create_model_from_path
+        except ImportError:  # an older trl: it loads the model itself (no resize for new tokens)
+            return name, processing_class
         init = dict(args.model_init_kwargs or {})
         quantization = kwargs.pop("quantization_config", None)
         if quantization is not None:
@@ -202,7 +205,8 @@ class SFTTrainer(trl.SFTTrainer):
                 ", ".join(sorted(codes & _FIXABLE)),
                 ", ".join(f"{a} {before[a]!r} -> {after[a]!r}" for a in before if before[a] != after[a]),
             )
-        self._resize(tokenizer, model, peft_config)
+        if not isinstance(model, str):  # a name: an older trl loads it later
+            self._resize(tokenizer, model, peft_config)
 
     @staticmethod
     def _resize(tokenizer: Any, model: Any, peft_config: Any) -> None:

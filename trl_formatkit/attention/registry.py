@@ -59,8 +59,8 @@ def _without_packed_detection(original: Callable) -> Callable | None:
     for packed sequences in ``position_ids``.
 
     transformers checks ``(packed_sequence_mask[:, -1] == 0).all()`` in a Python ``if`` on every forward pass of a
-    flattened batch: a device-to-host synchronisation that drains the GPU's queue before each step, so the host's
-    work never overlaps the GPU's. What it finds only shapes the mask function handed to
+    flattened batch: a device-to-host synchronisation, the host waiting at each forward pass for the GPU to finish
+    what was queued before it. What it finds only shapes the mask function handed to
     :func:`varlen_attention_mask`, which ignores it (the attention finds the sequences itself), so for this
     attention the check is skipped: same results, no wait. None where the signature is not the expected one.
     """
