@@ -29,13 +29,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/trl-formatkit demo
 
+# pytest-xdist workers for `make test` / `make test-fast`: one per core, at most 2 (a container's CPU quota does
+# not show in nproc, and each worker holds ~2 GB: torch, transformers, trl, tokenizers, tiny models). More on a
+# bigger machine: `make test TEST_WORKERS=8`; in one process: `make test TEST_WORKERS=1`. Whole files go to one
+# worker (--dist loadfile): a module's fixtures (the torchrun job, the trl 0.19 reference run) run once, and the
+# README's blocks stay in one namespace. tests/conftest.py gives each worker its share of the cores' threads.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1); \
+	echo $$(( n < 2 ? n : 2 )))
+XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 # The whole suite, slow (subprocess) tests included: what CI runs.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (real subprocesses), for a quick loop while developing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/collate.py

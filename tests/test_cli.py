@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from helpers import run_python_json
 from trl_formatkit.cli import main
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
@@ -79,6 +80,21 @@ def test_console_script_bad_arguments_are_one_line(tmp_path, tokenizer_path):
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         one_clean_line(result.stderr)
         assert expected in result.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_dataset_is_said_before_the_tokenizer_is_loaded(tmp_path):
+    """A missing or broken --dataset is answered at once: the rows are read before transformers is imported."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    out = run_python_json(
+        "import contextlib, io, json, sys\nfrom trl_formatkit.cli import main\nstatus = []\n"
+        f"for path in {[str(tmp_path / 'missing.jsonl'), str(bad)]!r}:\n"
+        "    with contextlib.redirect_stderr(io.StringIO()):\n"
+        "        status.append(main(['inspect', '--dataset', path]))\n"
+        "print(json.dumps([status, sorted(m for m in ('torch', 'transformers') if m in sys.modules)]))\n"
+    )
+    assert out == [[2, 2], []]
 
 
 @pytest.mark.slow

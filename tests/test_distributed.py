@@ -13,6 +13,10 @@ fed the model and what it said (``--report``); the checks:
   its own, and reuses the main one's ``datasets`` cache files;
 - the tokenizer audit's fix and the count of dropped rows are said once (by rank 0), not once per process;
 - the plugin's format is known in every process (each converted the dolly rows).
+
+Ports under pytest-xdist: ``torchrun --standalone`` binds its rendezvous store to port 0 (the OS picks a free one,
+atomically) and its workers reuse that store for the process group, so no two jobs can pick the same port; and
+``make test`` sends this whole file to one worker (``--dist loadfile``), so its two jobs run one after the other.
 """
 
 from __future__ import annotations

@@ -83,8 +83,8 @@ def run(args: argparse.Namespace, console: Any) -> int:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.rows < 0:
         raise CLIError(f"--rows must be 0 or more, got {args.rows}")
+    rows, fmt = _rows(args)  # before the tokenizer: a bad --dataset is said at once, without importing transformers
     tok = load_tokenizer(args.tokenizer)
-    rows, fmt = _rows(args)
     collator = _collator(args, tok)
     with _progress(len(rows) * (2 if collator else 1)) as advance:
         encoded = _encode(rows, tok, advance)
