@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import platform
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["versions", "update_results", "section_end", "tee"]
 
@@ -49,13 +48,26 @@ def update_results(path: Path, section: str, text: str) -> None:
     path.write_text(content if content.endswith("\n") else content + "\n")
 
 
-def tee(path: Path, mode: str = "w") -> Callable[[str], None]:
-    """A ``log(line)`` that prints each line and writes it to ``path`` at once (a run cut short keeps its lines)."""
-    sink = open(path, mode)  # noqa: SIM115  (open for the run's lifetime)
+class tee:  # noqa: N801  (used like a function: log = tee(path))
+    """A ``log(line)`` that prints each line and writes it to ``path`` at once (a run cut short keeps its lines).
 
-    def log(line: str) -> None:
+    Usable as a context manager, which closes the file; a script that logs until it exits may leave that to the
+    interpreter (every line is flushed as it is written).
+    """
+
+    def __init__(self, path: Path, mode: str = "w") -> None:
+        self._sink = open(path, mode)  # noqa: SIM115  (open for the run's lifetime)
+
+    def __call__(self, line: str) -> None:
         print(line, flush=True)
-        sink.write(line + "\n")
-        sink.flush()
+        self._sink.write(line + "\n")
+        self._sink.flush()
 
-    return log
+    def close(self) -> None:
+        self._sink.close()
+
+    def __enter__(self) -> "tee":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -347,8 +347,11 @@ def main(argv: list[str] | None = None) -> None:
         plot(args.plot, *args.plot_runs.split(","), args.out / "scale.png")
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    log = tee(args.out / "scale.jsonl", "a")
+    with tee(args.out / "scale.jsonl", "a") as log:
+        _run(args, log)
 
+
+def _run(args, log) -> None:
     import torch
 
     if args.device == "cuda":
