@@ -34,7 +34,7 @@ def update_results(path: Path, section: str, text: str) -> None:
     append it. ``text`` starts with the ``## section ...`` header and ends with :func:`section_end`."""
     path = Path(path)
     content = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = content.find(f"## {section} ")
+    start = content.find(f"## {section} (")  # "## padded_vs_flat (GPU)", never "## padded_vs_flat at ..."
     if start < 0:
         start = content.find(f"## {section}\n")
     end_mark = section_end(section)

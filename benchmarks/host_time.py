@@ -30,13 +30,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from padded_vs_flat import ASSISTANT, build_batches, make_tokenizer, model_inputs  # noqa: E402
-from scale import CASES, _step, _sync, build_model, versions  # noqa: E402
+from scale import CASES, _step, _sync, back_to_back, build_model, versions  # noqa: E402
 
 CONFIGS = ("limit", "limit-var", "flat-const", "flat", "flat-sync", "flat-op", "flat-bucket")
 
@@ -152,12 +151,9 @@ def _measure(name: str, attn: str, case: dict[str, Any], data, tokenizer, args) 
     _sync(args.device)
     issue, passes = [], []
     for _ in range(args.passes):  # the first pass meets each shape for the first time, the next ones again
-        t0 = time.perf_counter()
-        for batch in timed:
-            _step(model, batch, optimizer, args.device)
-        issue.append(time.perf_counter() - t0)
-        _sync(args.device)
-        passes.append(time.perf_counter() - t0)
+        issued, done = back_to_back(model, timed, optimizer, args.device)
+        issue.append(issued)
+        passes.append(done)
     row = {
         "config": name, "attn": attn, "real_tokens_per_step": sum(tokens[args.warmup :]) / len(timed),
         "sustained_ms_per_step": [1000 * s / len(timed) for s in passes],

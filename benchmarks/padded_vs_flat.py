@@ -49,10 +49,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import tee  # noqa: E402
+from _results import section_end, tee, update_results  # noqa: E402
 
 SECTION_START = "## padded_vs_flat (GPU)"
-SECTION_END = "<!-- end padded_vs_flat -->"
+SECTION_END = section_end("padded_vs_flat")
 
 # special token ids of the synthetic vocabulary (the other ids are ordinary tokens)
 PAD, EOS, USER, ASSISTANT = 0, 1, 2, 3
@@ -885,20 +885,6 @@ def render_plot(res: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def update_results(results_md: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (between its header and end marker), or append it."""
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    start = text.find(SECTION_START)
-    if start >= 0:
-        end = text.find(SECTION_END, start)
-        if end < 0:
-            raise SystemExit(f"{results_md}: found {SECTION_START!r} but not {SECTION_END!r}; fix it by hand")
-        text = text[:start] + section.rstrip("\n") + text[end + len(SECTION_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    results_md.write_text(text if text.endswith("\n") else text + "\n")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -916,7 +902,7 @@ def main(argv: list[str] | None = None) -> None:
         res = json.loads(args.from_json.read_text())
         section = render_markdown(res)
         if args.update_results:
-            update_results(args.update_results, section)
+            update_results(args.update_results, "padded_vs_flat", section)
             plot = args.update_results.parent / "plots" / "padded_vs_flat.png"
             plot.parent.mkdir(parents=True, exist_ok=True)
             print("plot:", render_plot(res, plot))

@@ -192,6 +192,16 @@ def _dynamo_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def back_to_back(model, batches, optimizer, device: str) -> tuple[float, float]:
+    """Seconds to issue ``batches`` as a training loop does (steps back to back), and until the GPU is done."""
+    t0 = time.perf_counter()
+    for batch in batches:
+        _step(model, batch, optimizer, device)
+    issued = time.perf_counter() - t0
+    _sync(device)
+    return issued, time.perf_counter() - t0
+
+
 def measure(model, batches, tokens: list[int], warmup: int, device: str, profile_steps: int) -> dict[str, Any]:
     """Warm-up (compilation included), sustained, per-step and profiled steps on the same batches."""
     import torch
@@ -210,16 +220,9 @@ def measure(model, batches, tokens: list[int], warmup: int, device: str, profile
     warmup_s = time.perf_counter() - t0
     graphs_warm = _dynamo_graphs()
     timed, timed_tokens = batches[warmup:], sum(tokens[warmup:])
-    t0 = time.perf_counter()
-    for batch in timed:
-        _step(model, batch, optimizer, device)
-    _sync(device)
-    sustained_s = time.perf_counter() - t0
-    t0 = time.perf_counter()  # again, every shape now seen once (cuDNN plans, cuBLAS heuristics, compiled graphs)
-    for batch in timed:
-        _step(model, batch, optimizer, device)
-    _sync(device)
-    seen_s = time.perf_counter() - t0
+    _, sustained_s = back_to_back(model, timed, optimizer, device)
+    # again, every shape now seen once (cuDNN plans, cuBLAS heuristics, compiled graphs)
+    _, seen_s = back_to_back(model, timed, optimizer, device)
     step_s = []
     for batch in timed:
         t0 = time.perf_counter()
