@@ -14,7 +14,8 @@ Cases (``--case``): ``0.48b`` (full fine-tuning, 16 conversations a step), ``1.5
 checkpointing, 16 a step), ``8b-lora`` (Llama-3-8B shapes, LoRA r=16 on q/k/v/o with peft, gradient
 checkpointing, 8 a step), ``8b-qlora`` (the same with the frozen weights in bitsandbytes NF4, as the chapter's
 QLoRA), ``tiny`` and ``tiny-qlora`` (smoke tests that also run on the CPU). ``--compiled`` compiles the model with
-``torch.compile`` (default options); compiled padded batches are padded to a fixed width (``--padded-width``, one
+``torch.compile``: flattened batches with ``dynamic=True`` (as ``trl_formatkit.SFTTrainer`` compiles them; one graph
+for every token count), the others with default options; compiled padded batches are padded to a fixed width (``--padded-width``, one
 shape: one compilation) since every new padded width otherwise compiles again. ``--conversations`` overrides the
 conversations per step (the equal-memory runs). Each finished configuration is appended to ``<out>/scale.jsonl`` at
 once, so a run cut short keeps what it measured (the raw lines of the reported run:
@@ -84,7 +85,10 @@ def _quantized(config, attn: str, device: str):
     folder = Path(tempfile.gettempdir()) / f"formatkit-scale-{config.hidden_size}x{config.num_hidden_layers}"
     if not (folder / "config.json").exists():
         torch.manual_seed(0)
-        LlamaForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+        with torch.device(device):  # random init of 8B weights takes minutes on the CPU, seconds on a GPU
+            dense = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+        dense.save_pretrained(folder)
+        del dense
     nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16)
     model = LlamaForCausalLM.from_pretrained(folder, device_map=device, dtype=torch.bfloat16, quantization_config=nf4,
@@ -263,7 +267,9 @@ def run_one(args, case_name: str, layout: str, data, tokenizer, log) -> dict[str
         row["params"] = sum(p.numel() for p in model.parameters())
         row["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if args.compiled:
-            model = torch.compile(model)
+            # as trl_formatkit.SFTTrainer compiles padding-free batches: one graph for every token count
+            row["dynamic"] = layout == "flat"
+            model = torch.compile(model, dynamic=True if layout == "flat" else None)
         row.update(measure(model, batches, tokens, args.warmup, args.device, 0 if args.compiled else args.profile))
     except torch.cuda.OutOfMemoryError as exc:
         row["oom"] = str(exc).splitlines()[0][:200]
