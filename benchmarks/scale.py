@@ -254,13 +254,14 @@ def run_one(args, case_name: str, layout: str, data, tokenizer, log) -> dict[str
 
     from trl_formatkit.attention import register
 
-    case = CASES[case_name]
+    case = dict(CASES[case_name], checkpointing=CASES[case_name]["checkpointing"] and not args.no_checkpointing)
     attn = register() if layout == "flat" else "sdpa"
     width = args.padded_width if (args.compiled and layout == "padded") else None
     batches = batches_for(layout, data, width, tokenizer)
     tokens = data["real_tokens"] if layout != "limit" else [int(b["input_ids"].numel()) for b in batches]
     row: dict[str, Any] = {"case": case_name, "layout": layout, "compiled": args.compiled, "attn": attn,
-                           "conversations": data["batch_size"], "padded_width": width}
+                           "conversations": data["batch_size"], "padded_width": width,
+                           "checkpointing": case["checkpointing"]}
     model = None
     try:
         model = build_model(case, attn, args.device)
@@ -342,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--conversations", type=int, default=None)
     parser.add_argument("--padded-width", type=int, default=2048)
+    parser.add_argument("--no-checkpointing", action="store_true", help="without the case's gradient checkpointing")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--profile", type=int, default=3, help="profiled steps (eager runs)")
