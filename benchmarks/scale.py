@@ -270,7 +270,14 @@ def run_one(args, case_name: str, layout: str, data, tokenizer, log) -> dict[str
         if args.compiled:
             # as trl_formatkit.SFTTrainer compiles padding-free batches: one graph for every token count
             row["dynamic"] = layout == "flat"
-            model = torch.compile(model, dynamic=True if layout == "flat" else None)
+            dynamic = True if layout == "flat" else None
+            if args.regional:  # each decoder layer compiled alone: one compilation serves every layer
+                row["regional"] = True
+                for module in model.modules():
+                    if type(module).__name__.endswith("DecoderLayer"):
+                        module.compile(dynamic=dynamic)
+            else:
+                model = torch.compile(model, dynamic=dynamic)
         row.update(measure(model, batches, tokens, args.warmup, args.device, 0 if args.compiled else args.profile))
     except torch.cuda.OutOfMemoryError as exc:
         row["oom"] = str(exc).splitlines()[0][:200]
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--conversations", type=int, default=None)
     parser.add_argument("--padded-width", type=int, default=2048)
+    parser.add_argument("--regional", action="store_true", help="with --compiled: compile each decoder layer alone")
     parser.add_argument("--no-checkpointing", action="store_true", help="without the case's gradient checkpointing")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)

@@ -102,7 +102,8 @@ def test_cuda_kernel_path_has_no_graph_break(fresh_dynamo):
 def test_sft_trainer_compiles_flattened_batches_once(load_tokenizer, tmp_path, fresh_dynamo):
     """``SFTConfig(torch_compile=True)`` with padding-free batches on this attention trains without recompiling as
     the token count changes: the trainer asks for dynamic sizes from the first step (torch's default compiles
-    everything again at the second step: 3 graphs, then 6)."""
+    everything again at the second step: 3 graphs, then 6), and compiles each decoder layer alone (accelerate's
+    regional compilation); the saved model has the keys of the model given, nothing of the compiled wrappers."""
     pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     from test_sft_integration import _chats, _sft_config, _tiny_llama
@@ -120,6 +121,8 @@ def test_sft_trainer_compiles_flattened_batches_once(load_tokenizer, tmp_path, f
     trainer = SFTTrainer(model=model, args=args, processing_class=tok,
                          train_dataset=datasets.Dataset.from_list([{"messages": c} for c in _chats(12, seed=3)]))
     assert trainer.accelerator.state.dynamo_plugin.dynamic is True
+    assert trainer.accelerator.state.dynamo_plugin.use_regional_compilation is True
+    keys = set(model.state_dict())
     graphs = []
     trainer.add_callback(type("Graphs", (TrainerCallback,), {
         "on_step_end": lambda self, *a, **k: graphs.append(counters["stats"]["unique_graphs"])})())
@@ -129,3 +132,41 @@ def test_sft_trainer_compiles_flattened_batches_once(load_tokenizer, tmp_path, f
     tokens = {len(r) for r in trainer.train_dataset["input_ids"]}
     assert len(tokens) > 3  # every step holds another number of tokens
     assert graphs[0] >= 1 and graphs == [graphs[0]] * 3, graphs  # (trl's loss code breaks the graph: several)
+    from accelerate.utils.other import has_compiled_regions
+
+    assert has_compiled_regions(trainer.model_wrapped)
+    assert all(type(layer).__name__ == "OptimizedModule" for layer in trainer.model_wrapped.model.layers)
+    trainer.save_model(str(tmp_path / "saved"))
+    from safetensors.torch import load_file
+
+    saved = set(load_file(str(tmp_path / "saved" / "model.safetensors")))
+    assert saved == keys - {"lm_head.weight"} or saved == keys, sorted(saved ^ keys)[:5]
+
+
+@pytest.mark.parametrize("setting, regional", [(None, True), ("false", False), ("true", True)])
+def test_sft_trainer_regional_compilation_keeps_an_explicit_choice(load_tokenizer, tmp_path, monkeypatch, setting,
+                                                                   regional):
+    """Regional compilation is the default for flattened batches; ``ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION``
+    set either way is kept (padded batches keep accelerate's default: whole model)."""
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from test_sft_integration import _chats, _sft_config, _tiny_llama
+
+    from trl_formatkit import SFTTrainer
+
+    if setting is None:
+        monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", setting)
+    tok = load_tokenizer("phi-3-mini")
+    tok.pad_token = tok.unk_token
+    data = datasets.Dataset.from_list([{"messages": c} for c in _chats(4, seed=3)])
+    plugins = {}
+    for flat in (True, False):
+        args = _sft_config(tmp_path, padding_free=flat, max_length=None, torch_compile=True,
+                           torch_compile_backend="eager")
+        trainer = SFTTrainer(model=_tiny_llama(tok), args=args, processing_class=tok, train_dataset=data)
+        plugins[flat] = trainer.accelerator.state.dynamo_plugin
+    assert plugins[True].use_regional_compilation is regional
+    assert plugins[False].use_regional_compilation is (setting == "true")
+    assert plugins[False].dynamic is None
