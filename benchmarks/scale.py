@@ -309,22 +309,29 @@ def runs_in(jsonl: Path) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def plot(jsonl: Path, eager_run: str, compiled_run: str, png: Path) -> None:
-    """Sustained tokens/s on shapes seen and peak memory per model and layout, from two runs of ``jsonl``."""
+CASE_LABELS = {"0.48b": "0.48B full", "1.5b": "1.5B full", "8b-lora": "8B LoRA", "8b-qlora": "8B QLoRA"}
+
+
+def plot(jsonl: Path, run_prefixes: list[str], png: Path) -> None:
+    """Sustained tokens/s on shapes seen and peak memory per model and layout, from the runs of ``jsonl`` whose
+    labels start with one of ``run_prefixes`` (a later run's row replaces an earlier one's of the same group)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = runs_in(jsonl)
-    pick = {name: rows for name, rows in runs.items() if name.startswith((eager_run, compiled_run))}
     groups: dict[str, dict[str, dict[str, Any]]] = {}
-    for rows in pick.values():
+    for name, rows in runs.items():
+        if not name.startswith(tuple(run_prefixes)):
+            continue
         for r in rows:
-            label = {"0.48b": "0.48B full", "1.5b": "1.5B full", "8b-lora": "8B LoRA", "8b-qlora": "8B QLoRA"}.get(
-                r["case"], r["case"]) + (" compiled" if r["compiled"] else "")
-            groups.setdefault(label, {})[r["layout"]] = r
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+            label = CASE_LABELS.get(r["case"], r["case"])
+            if r["conversations"] != CASES.get(r["case"], {}).get("conversations"):
+                label += f", {r['conversations']} conv."
+            groups.setdefault(label + ("\ncompiled" if r["compiled"] else ""), {})[r["layout"]] = r
+    groups = dict(sorted(groups.items(), key=lambda item: "compiled" in item[0]))  # eager first, in run order
+    fig, axes = plt.subplots(2, 1, figsize=(14, 9))
     width = 0.27
     for ax, key, title in ((axes[0], "sustained_seen_tokens_per_s", "sustained tokens/s, shapes seen (log)"),
                            (axes[1], "peak_gb", "peak GPU memory, GB")):
@@ -338,7 +345,8 @@ def plot(jsonl: Path, eager_run: str, compiled_run: str, png: Path) -> None:
         if key != "peak_gb":
             ax.set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle("padded vs flattened batches on one H100 (benchmarks/scale.py; compiled padded: one width, 2048)")
+    fig.suptitle("padded vs flattened batches on one H100 (benchmarks/scale.py)\ncompiled: 0.48B whole model, 1.5B and "
+                 "8B one decoder layer at a time; compiled padded at one width, 2048")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
@@ -359,11 +367,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--plot", type=Path, default=None, metavar="JSONL",
                         help="only draw <out>/scale.png from the runs of JSONL named by --plot-runs")
-    parser.add_argument("--plot-runs", default="run B,run C", help="eager run, compiled run (label prefixes)")
+    parser.add_argument("--plot-runs", default="run B,run E,run C,run F,run G",
+                        help="the runs to draw, comma-separated label prefixes")
     args = parser.parse_args(argv)
     if args.plot is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        plot(args.plot, *args.plot_runs.split(","), args.out / "scale.png")
+        plot(args.plot, [name.strip() for name in args.plot_runs.split(",")], args.out / "scale.png")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     with tee(args.out / "scale.jsonl", "a") as log:
