@@ -1,28 +1,31 @@
 """Sustained training throughput at the sizes people train: padded vs flattened batches, eager and compiled.
 
-Issue 12's benchmark. Random-weight Llama-style models, bf16, the same conversations a step in every layout (the
-SFT length mix of ``padded_vs_flat.py``: log-normal, median 200 tokens, clipped to 24-2048), built by
+Issue 12's benchmark. Random-weight Llama-style models, bf16, the same conversations a step in every layout (the SFT
+length mix of ``padded_vs_flat.py``: log-normal, median 200 tokens, clipped to 24-2048), built by
 ``trl_formatkit``'s collator. Layouts: ``padded`` (right padding, transformers' ``sdpa``), ``flat`` (one row,
 ``padding_free=True``, ``trl_formatkit.attention``), ``limit`` (dense equal-length rows holding the same real tokens
 per step, ``sdpa``: nothing to pad, no boundaries). Each configuration runs ``--warmup`` steps (compilation
 included, timed as ``warmup_s``), then the timed steps twice: back to back with one synchronisation at the end
-(**sustained**, the headline: how a training loop runs; first on shapes met for the first time, then again on
-shapes seen once, as a later epoch) and with a synchronisation after every step (per-step median), then a few profiled steps (GPU time per step by kernel category). Batches are pinned, as the Trainer's
-DataLoader pins them.
+(**sustained**, the headline: how a training loop runs; first on shapes met for the first time, then again on shapes
+seen once, as a later epoch) and with a synchronisation after every step (per-step median), then a few profiled
+steps (GPU time per step by kernel category). Batches are pinned, as the Trainer's DataLoader pins them.
 
 Cases (``--case``): ``0.48b`` (full fine-tuning, 16 conversations a step), ``1.5b`` (full fine-tuning, gradient
-checkpointing, 16 a step), ``8b-lora`` (Llama-3-8B shapes, LoRA r=16 on q/k/v/o with peft, gradient
-checkpointing, 8 a step), ``8b-qlora`` (the same with the frozen weights in bitsandbytes NF4, as the chapter's
-QLoRA), ``tiny`` and ``tiny-qlora`` (smoke tests that also run on the CPU). ``--compiled`` compiles the model with
-``torch.compile``: flattened batches with ``dynamic=True`` (as ``trl_formatkit.SFTTrainer`` compiles them; one graph
-for every token count), the others with default options; compiled padded batches are padded to a fixed width (``--padded-width``, one
-shape: one compilation) since every new padded width otherwise compiles again. ``--conversations`` overrides the
-conversations per step (the equal-memory runs). Each finished configuration is appended to ``<out>/scale.jsonl`` at
-once, so a run cut short keeps what it measured (the raw lines of the reported run:
+checkpointing, 16 a step), ``8b-lora`` (Llama-3-8B shapes, LoRA r=16 on q/k/v/o with peft, gradient checkpointing, 8
+a step), ``8b-qlora`` (the same with the frozen weights in bitsandbytes NF4, as the chapter's QLoRA), ``tiny`` and
+``tiny-qlora`` (smoke tests that also run on the CPU). ``--compiled`` compiles the model with ``torch.compile``:
+flattened batches with ``dynamic=True`` (as ``trl_formatkit.SFTTrainer`` compiles them; one graph for every token
+count), the others with default options; ``--regional`` compiles each decoder layer alone (one compilation shared by
+all layers, as the trainer does through accelerate): at 1.5B, compiling the whole model did not finish its first
+step in ten minutes. Compiled padded batches are padded to a fixed width (``--padded-width``, one shape: one
+compilation) since every new padded width otherwise compiles again. ``--conversations`` overrides the conversations
+per step (the equal-memory runs). Each finished configuration is appended to ``<out>/scale.jsonl`` at once, so a run
+cut short keeps what it measured (the raw lines of the reported run:
 ``benchmarks/plots/scale.jsonl``; the tables in ``benchmarks/RESULTS.md`` are written from them by hand)::
 
     python benchmarks/scale.py --case 0.48b --layouts padded,flat,limit --out bench_out
     python benchmarks/scale.py --case 0.48b --layouts flat,limit --compiled --out bench_out
+    python benchmarks/scale.py --case 1.5b --layouts flat,padded --compiled --regional --out bench_out
 """
 
 from __future__ import annotations
@@ -293,7 +296,8 @@ def run_one(args, case_name: str, layout: str, data, tokenizer, log) -> dict[str
     return row
 
 
-LAYOUT_NAMES = {"padded": "padded + sdpa", "flat": "flattened + formatkit varlen", "limit": "limit (dense, equal length)"}
+LAYOUT_NAMES = {"padded": "padded + sdpa", "flat": "flattened + formatkit varlen",
+                "limit": "limit (dense, equal length)"}
 
 
 def runs_in(jsonl: Path) -> dict[str, list[dict[str, Any]]]:
