@@ -241,9 +241,7 @@ class SFTTrainer(trl.SFTTrainer):
         """
         args = super()._build_accelerator_args(**kwargs)
         plugin = args.get("dynamo_plugin")
-        collator = self._formatkit["collator"]
-        flat = getattr(self, "padding_free", False) or (collator is not None and collator.padding_free)
-        if plugin is None or not self.args.torch_compile or not flat:
+        if plugin is None or not self.args.torch_compile or not self._flat_batches():
             return args
         if getattr(plugin, "dynamic", False) is None:
             plugin.dynamic = True
@@ -253,6 +251,11 @@ class SFTTrainer(trl.SFTTrainer):
             logger.info("trl_formatkit: torch_compile with flattened batches: regional compilation (set %s=false "
                         "to compile the whole model)", REGIONAL_ENV)
         return args
+
+    def _flat_batches(self) -> bool:
+        """Whether batches are flattened: trl's ``padding_free`` (once trl has set it) or the collator's."""
+        collator = self._formatkit["collator"]
+        return bool(getattr(self, "padding_free", False)) or (collator is not None and collator.padding_free)
 
     @prepared_main_process_first
     def _convert(self, dataset: Any, args: Any, num_proc: int | None) -> Any:
@@ -273,7 +276,7 @@ class SFTTrainer(trl.SFTTrainer):
                            "each batch (no whole-dataset check, no packing)")
             return
         trl_collator = self.data_collator
-        flat = collator.padding_free or self.padding_free
+        flat = self._flat_batches()
         if self.padding_free and not collator.padding_free:
             logger.warning(
                 "trl_formatkit: padding_free=True although the collator says False: packing_strategy=%r writes "
